@@ -1,0 +1,235 @@
+"""`compile_step`: a `Step` made into one `tf.function` for training and one for evaluation.
+
+This module owns the compiled programs: the multi-step loop inside the graph (the step
+count passed as a tensor, so a partial last chunk never retraces; batches drawn from an
+iterator inside the graph, so a partial last batch never retraces), `strategy.run` per
+replica, `jit_compile`, the stateful storage of metric states and the global step, and the
+trace counter that reports a retrace. It does not iterate over epochs: that is `loop`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from composeloop.engine.distribute import replica_id, replication_for
+from composeloop.step.apply import build_apply
+from composeloop.step.compose import Step, fold_seed
+from composeloop.step.records import Context
+
+
+class RetraceWarning(UserWarning):
+    """A compiled function was traced again after its first trace: a performance bug."""
+
+
+class TraceCounter:
+    """Counts the traces of each compiled function and warns on a retrace."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+        if self.counts[name] > 1:
+            warnings.warn(
+                f"composeloop: '{name}' was traced {self.counts[name]} times; every retrace "
+                "recompiles the step (check for Python values or changing shapes passed in)",
+                RetraceWarning,
+                stacklevel=3,
+            )
+
+
+def _state_variables(step: Step, prefix: str) -> dict[str, dict[str, tf.Variable]]:
+    # ONLY_FIRST_REPLICA: every replica assigns the same all-reduced state.
+    return {
+        name: {
+            field: tf.Variable(
+                value,
+                trainable=False,
+                name=f"{prefix}_{name}_{field}",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            for field, value in state.items()
+        }
+        for name, state in step.empty_states().items()
+    }
+
+
+def _read(variables: Mapping[str, Mapping[str, tf.Variable]]) -> dict[str, dict[str, tf.Tensor]]:
+    return {name: {field: v.read_value() for field, v in fields.items()} for name, fields in variables.items()}
+
+
+def _assign(variables: Mapping[str, Mapping[str, tf.Variable]], states: Mapping[str, Mapping[str, tf.Tensor]]) -> None:
+    for name, fields in variables.items():
+        for field, variable in fields.items():
+            variable.assign(states[name][field])
+
+
+def _batch_size(batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    first = next(iter(batch.values()))
+    return tf.cast(tf.shape(first)[0], tf.float32)
+
+
+class Program:
+    """A compiled step: call `train` and `evaluate` with an iterator and a step count.
+
+    Build it with `compile_step`. Its state (global step, metric states, the models'
+    and optimizers' variables) lives in variables, so it can be checkpointed.
+    """
+
+    def __init__(
+        self,
+        step: Step,
+        strategy: tf.distribute.Strategy | None = None,
+        steps_per_execution: int = 1,
+        jit_compile: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
+        self.step = step
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.steps_per_execution = steps_per_execution
+        self.jit_compile = jit_compile
+        self.seed = seed
+        self.replication = replication_for(self.strategy)
+        self.traces = TraceCounter()
+        with self.strategy.scope():
+            self.global_step = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="global_step",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            self.withheld_updates = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="withheld_updates",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            self.metric_states = {"train": _state_variables(step, "train"), "eval": _state_variables(step, "eval")}
+            for phase in step.phases:
+                # Optimizer slots cannot be created inside a trace: build them now.
+                build_apply(phase.apply, step.variables(phase))
+        on_batch = {"train": self._train_on_batch, "eval": self._evaluate_on_batch}
+        if jit_compile:
+            on_batch = {kind: tf.function(fn, jit_compile=True) for kind, fn in on_batch.items()}
+        self._on_batch = on_batch
+        self._train = tf.function(self._train_loop)
+        self._evaluate = tf.function(self._evaluate_loop)
+
+    # -- per replica ---------------------------------------------------------------------
+
+    def _context(self, batch: Mapping[str, tf.Tensor], training: bool) -> Context:
+        step = self.global_step.read_value()
+        run_seed = tf.constant([self.seed, 0], tf.int64)
+        return Context(
+            batch=batch,
+            models=self.step.models,
+            training=training,
+            seed=fold_seed(run_seed, step, replica_id()),
+            step=step,
+            global_batch_size=self.replication.sum(_batch_size(batch)),
+            replication=self.replication,
+        )
+
+    def _train_on_batch(self, batch: Mapping[str, tf.Tensor]) -> None:
+        states = _read(self.metric_states["train"])
+        new_states, logs = self.step(self._context(batch, training=True), states)
+        _assign(self.metric_states["train"], new_states)
+        withheld = [tf.cast(tf.logical_not(v), tf.int64) for k, v in logs.items() if k.endswith("/applied")]
+        if withheld:
+            self.withheld_updates.assign_add(tf.add_n(withheld))
+
+    def _evaluate_on_batch(self, batch: Mapping[str, tf.Tensor]) -> None:
+        states = _read(self.metric_states["eval"])
+        _assign(self.metric_states["eval"], self.step.evaluate(self._context(batch, training=False), states))
+
+    # -- compiled loops ------------------------------------------------------------------
+
+    def _loop(self, kind: str, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+        done = tf.constant(0, tf.int64)
+        for _ in tf.range(num_steps):
+            optional = iterator.get_next_as_optional()
+            if not optional.has_value():
+                break
+            self.strategy.run(self._on_batch[kind], args=(optional.get_value(),))
+            if kind == "train":
+                self.global_step.assign_add(1)
+            done += 1
+        return done
+
+    def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+        self.traces.count("train")
+        return self._loop("train", iterator, num_steps)
+
+    def _evaluate_loop(self, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+        self.traces.count("evaluate")
+        return self._loop("eval", iterator, num_steps)
+
+    # -- public --------------------------------------------------------------------------
+
+    def distribute(self, dataset: tf.data.Dataset) -> Any:
+        """The dataset as this program's strategy wants it (split over replicas)."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return dataset
+        return self.strategy.experimental_distribute_dataset(dataset)
+
+    def train(self, iterator: Any, num_steps: int | None = None) -> int:
+        """Runs up to `num_steps` (default: steps_per_execution) training steps.
+
+        Returns the number of steps run: fewer when the iterator ran out.
+        """
+        count = self.steps_per_execution if num_steps is None else num_steps
+        return int(self._train(iterator, tf.constant(count, tf.int64)))
+
+    def evaluate(self, iterator: Any, num_steps: int | None = None) -> int:
+        """Adds up to `num_steps` batches to the evaluation metrics; returns batches seen."""
+        count = self.steps_per_execution if num_steps is None else num_steps
+        return int(self._evaluate(iterator, tf.constant(count, tf.int64)))
+
+    def results(self, kind: str = "train") -> dict[str, float]:
+        """Current metric values, by metric name (kind: "train" or "eval")."""
+        states = _read(self.metric_states[kind])
+        return {metric.name: float(metric.result(states[metric.name])) for metric in self.step.metrics}
+
+    def states(self, kind: str = "train") -> dict[str, dict[str, float]]:
+        """Current raw metric states (sums), by metric name."""
+        return {name: {f: float(v) for f, v in fields.items()} for name, fields in _read(self.metric_states[kind]).items()}
+
+    def reset(self, kind: str = "train") -> None:
+        """Resets one kind's metric states to empty."""
+        for fields in self.metric_states[kind].values():
+            for variable in fields.values():
+                variable.assign(tf.zeros_like(variable))
+
+    @property
+    def trace_counts(self) -> dict[str, int]:
+        return dict(self.traces.counts)
+
+
+def compile_step(
+    step: Step,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    steps_per_execution: int = 1,
+    jit_compile: bool = False,
+    seed: int = 0,
+) -> Program:
+    """Compiles a `Step` into one training and one evaluation `tf.function`.
+
+    Args:
+      step: from `composeloop.step.compose`.
+      strategy: a `tf.distribute` strategy; models must have been built in its scope.
+        None: the default (one device).
+      steps_per_execution: steps run per call, looped inside the graph.
+      jit_compile: compile each step with XLA.
+      seed: the run seed that every stage's stateless seed derives from.
+
+    Returns:
+      A `Program`.
+
+    Example:
+      >>> program = compile_step(step, steps_per_execution=8)
+      >>> program.train(iter(dataset))
+    """
+    return Program(step, strategy, steps_per_execution, jit_compile, seed)

@@ -1,0 +1,61 @@
+"""The step algebra: pure stages in six slots, composed into phases and steps.
+
+Nothing here knows about Hydra, files, printing or `tf.distribute`; the engine turns a
+`Step` into a running program.
+"""
+
+from composeloop.step.aggregate import global_mean, mean_and_model_losses, model_losses, total, weighted
+from composeloop.step.apply import OptimizerApply, optimizer_apply
+from composeloop.step.compose import Step, compose, fold_seed
+from composeloop.step.forward import call_model
+from composeloop.step.gradients import (
+    all_finite,
+    chain,
+    clip_by_global_norm,
+    clip_by_norm,
+    clip_by_value,
+    global_norm,
+    identity,
+    map_gradients,
+    scale,
+    skip_nonfinite,
+)
+from composeloop.step.losses import sparse_categorical_crossentropy
+from composeloop.step.metrics import Metric, accuracy, mean_loss, mean_output, merge
+from composeloop.step.phase import Phase
+from composeloop.step.records import LOCAL, Context, Gradients, Replication
+
+__all__ = [
+    "LOCAL",
+    "Context",
+    "Gradients",
+    "Metric",
+    "OptimizerApply",
+    "Phase",
+    "Replication",
+    "Step",
+    "accuracy",
+    "all_finite",
+    "call_model",
+    "chain",
+    "clip_by_global_norm",
+    "clip_by_norm",
+    "clip_by_value",
+    "compose",
+    "fold_seed",
+    "global_mean",
+    "global_norm",
+    "identity",
+    "map_gradients",
+    "mean_and_model_losses",
+    "mean_loss",
+    "mean_output",
+    "merge",
+    "model_losses",
+    "optimizer_apply",
+    "scale",
+    "skip_nonfinite",
+    "sparse_categorical_crossentropy",
+    "total",
+    "weighted",
+]
