@@ -1,0 +1,1 @@
+"""Typed configuration: attrs schemas, Hydra registration, and builders of objects."""

@@ -1,0 +1,68 @@
+"""Builders: validated config sections -> data, models, optimizers, gradient transforms.
+
+This module owns the mapping from config values to objects; it holds no training logic.
+Imports of TensorFlow and Keras happen here, after the config has been validated, so that
+a bad config is reported without waiting for TensorFlow to load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from composeloop.config.schema import DataConfig, DataSource, GradientConfig, ModelConfig, OptimizerConfig, OptimizerName
+from composeloop.errors import ConfigError
+from composeloop.parts import data as datasets
+
+
+def load_data(config: DataConfig, seed: int) -> datasets.ArrayData:
+    """Loads the configured arrays; a DataError names the file or shapes at fault."""
+    if config.source is DataSource.digits:
+        return datasets.digits(val_fraction=config.val_fraction, seed=seed)
+    if config.source is DataSource.npz:
+        if not config.path:
+            raise ConfigError("data.path: data=npz needs a file: set data.path=FILE.npz")
+        return datasets.load_npz(config.path)
+    return datasets.synthetic(
+        examples=config.synthetic_examples,
+        shape=tuple(config.synthetic_shape),
+        classes=config.synthetic_classes,
+        val_fraction=config.val_fraction,
+        seed=seed,
+    )
+
+
+def build_model(config: ModelConfig, data: datasets.ArrayData) -> Any:
+    """A built classifier for the data's example shape; checks the labels fit its classes."""
+    from composeloop.parts.models import build_classifier
+
+    num_classes = config.num_classes or data.num_classes
+    datasets.check_labels(data, num_classes)
+    return build_classifier(
+        config.name.value, data.example_shape, num_classes,
+        width=config.width, depth=config.depth, l2=config.l2, dropout=config.dropout,
+    )
+
+
+def build_optimizer(config: OptimizerConfig) -> Any:
+    """A fresh Keras 3 optimizer."""
+    import keras
+
+    if config.name is OptimizerName.sgd:
+        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
+    return keras.optimizers.Adam(learning_rate=config.learning_rate)
+
+
+def build_transform(config: GradientConfig) -> Any:
+    """The chain of configured gradient transforms (skip, then value, norm, global norm)."""
+    from composeloop import step
+
+    transforms = []
+    if config.skip_nonfinite:
+        transforms.append(step.skip_nonfinite())
+    if config.clip_value is not None:
+        transforms.append(step.clip_by_value(-config.clip_value, config.clip_value))
+    if config.clip_norm is not None:
+        transforms.append(step.clip_by_norm(config.clip_norm))
+    if config.clip_global_norm is not None:
+        transforms.append(step.clip_by_global_norm(config.clip_global_norm))
+    return step.chain(*transforms)

@@ -1,0 +1,137 @@
+"""The typed configuration: attrs schemas Hydra composes YAML and overrides onto.
+
+This module owns the keys, their types, defaults and valid ranges. Each validator sits
+beside the field it guards. Hydra/OmegaConf check types at composition; `to_config` turns
+the composed tree into these instances and runs the validators, reporting the FULL key
+(``optimizer.learning_rate``) of the first invalid value.
+
+Known traps with hydra-core 1.3 / omegaconf 2.3, respected here: no ``attrs.field(factory=
+...)``, no ``@attrs.frozen`` (it rejects CLI overrides), ``Enum`` rather than ``Literal``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
+
+import attrs
+
+from composeloop.errors import ConfigError
+
+
+class InvalidValue(ValueError):
+    """A validator's verdict on one field; `to_config` adds the path to the key."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _check(test: Callable[[Any], bool], requirement: str, optional: bool = False) -> Callable:
+    def validator(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if optional and value is None:
+            return
+        if not test(value):
+            raise InvalidValue(attribute.name, f"must be {requirement}, got {value!r}")
+
+    return validator
+
+
+positive = _check(lambda v: v > 0, "> 0")
+optional_positive = _check(lambda v: v > 0, "> 0", optional=True)
+non_negative = _check(lambda v: v >= 0, ">= 0")
+at_least_one = _check(lambda v: v >= 1, ">= 1")
+unit_interval_open = _check(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
+dropout_rate = _check(lambda v: 0 <= v < 1, "in [0, 1)")
+optional_class_count = _check(lambda v: v >= 2, ">= 2", optional=True)
+example_shape = _check(lambda v: len(v) >= 1 and all(d >= 1 for d in v), "a non-empty list of sizes >= 1")
+
+
+class DataSource(enum.Enum):
+    digits = "digits"
+    npz = "npz"
+    synthetic = "synthetic"
+
+
+class ModelName(enum.Enum):
+    mlp = "mlp"
+    cnn = "cnn"
+
+
+class OptimizerName(enum.Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+@attrs.define
+class DataConfig:
+    source: DataSource = DataSource.digits
+    path: Optional[str] = None  # noqa: UP045 - OmegaConf reads typing generics
+    batch_size: int = attrs.field(default=32, validator=positive)
+    val_fraction: float = attrs.field(default=0.2, validator=unit_interval_open)
+    synthetic_examples: int = attrs.field(default=256, validator=positive)
+    synthetic_shape: List[int] = attrs.field(default=[8, 8], validator=example_shape)  # noqa: UP006
+    synthetic_classes: int = attrs.field(default=10, validator=optional_class_count)
+
+
+@attrs.define
+class ModelConfig:
+    name: ModelName = ModelName.mlp
+    width: int = attrs.field(default=64, validator=positive)
+    depth: int = attrs.field(default=2, validator=at_least_one)
+    l2: float = attrs.field(default=0.0, validator=non_negative)
+    dropout: float = attrs.field(default=0.0, validator=dropout_rate)
+    num_classes: Optional[int] = attrs.field(default=None, validator=optional_class_count)  # noqa: UP045
+
+
+@attrs.define
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.adam
+    learning_rate: float = attrs.field(default=1e-3, validator=positive)
+    momentum: float = attrs.field(default=0.0, validator=dropout_rate)
+
+
+@attrs.define
+class GradientConfig:
+    """Gradient transforms, applied after the all-reduce in this order when set."""
+
+    skip_nonfinite: bool = False
+    clip_value: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    clip_norm: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    clip_global_norm: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+
+
+@attrs.define
+class TrainConfig:
+    epochs: int = attrs.field(default=10, validator=non_negative)
+    steps_per_execution: int = attrs.field(default=1, validator=at_least_one)
+    jit_compile: bool = False
+
+
+@attrs.define
+class Config:
+    experiment: str = "classifier"
+    seed: int = attrs.field(default=0, validator=non_negative)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    gradient: GradientConfig = GradientConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def validate(instance: Any, path: str = "") -> None:
+    """Runs every validator of `instance` and its nested schemas, naming the full key.
+
+    Raises:
+      ConfigError: ``"<full.key>: must be ..., got ..."`` for the first invalid value.
+    """
+    try:
+        attrs.validate(instance)
+    except InvalidValue as invalid:
+        raise ConfigError(f"{path}{invalid.field}: {invalid.reason}") from None
+    for field in attrs.fields(type(instance)):
+        value = getattr(instance, field.name)
+        if attrs.has(type(value)):
+            validate(value, f"{path}{field.name}.")

@@ -1,0 +1,1 @@
+"""Ready-made parts: models, datasets and recipes built from the step algebra."""

@@ -1,0 +1,53 @@
+"""Recipes: the phases of common training steps, built from the step algebra's stages.
+
+A recipe is only a convenience that picks stages; everything it returns can be written by
+hand with `composeloop.step`, and `examples/compose_classifier.py` does so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from composeloop.step import (
+    Phase,
+    Step,
+    accuracy,
+    call_model,
+    compose,
+    identity,
+    mean_and_model_losses,
+    mean_loss,
+    optimizer_apply,
+    sparse_categorical_crossentropy,
+)
+from composeloop.step.gradients import Transform
+
+
+def classifier_phase(optimizer: Any, *, model: str = "model", transform: Transform | None = None) -> Phase:
+    """One phase: logits from `model`, sparse cross-entropy averaged over the global batch
+    plus the model's own losses, optional gradient transforms, the optimizer, and mean
+    loss and accuracy metrics.
+
+    Example:
+      >>> phase = classifier_phase(keras.optimizers.Adam(1e-3), transform=clip_by_global_norm(1.0))
+    """
+    return Phase(
+        name="classifier",
+        forward=call_model(model, inputs="x", output="logits"),
+        loss=sparse_categorical_crossentropy(labels="y", logits="logits", name="loss"),
+        aggregate=mean_and_model_losses(),
+        apply=optimizer_apply(optimizer),
+        trains=(model,),
+        transform=transform or identity(),
+        metrics=(mean_loss("loss"), accuracy("accuracy", labels="y", logits="logits")),
+    )
+
+
+def classifier_step(model: Any, optimizer: Any, *, transform: Transform | None = None) -> Step:
+    """The composed classifier step for one built Keras model.
+
+    Example:
+      >>> step = classifier_step(model, keras.optimizers.Adam(1e-3))
+      >>> program = compile_step(step)
+    """
+    return compose(classifier_phase(optimizer, transform=transform), models={"model": model})
