@@ -21,12 +21,14 @@ from composeloop.parts.data import batches, digits
 def main(epochs: int, seed: int = 0) -> dict:
     data = digits(seed=seed)
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input(data.example_shape),
-        keras.layers.Flatten(),
-        keras.layers.Dense(128, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-4)),
-        keras.layers.Dense(10),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input(data.example_shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-4)),
+            keras.layers.Dense(10),
+        ]
+    )
     phase = cs.Phase(
         name="classifier",
         forward=cs.call_model("model", inputs="x", output="logits"),

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from composeloop.config.schema import DataConfig, DataSource, GradientConfig, ModelConfig, OptimizerConfig, OptimizerName
+from composeloop.config.schema import (
+    DataConfig,
+    DataSource,
+    GradientConfig,
+    ModelConfig,
+    OptimizerConfig,
+    OptimizerName,
+)
 from composeloop.errors import ConfigError
 from composeloop.parts import data as datasets
 
@@ -38,8 +45,13 @@ def build_model(config: ModelConfig, data: datasets.ArrayData) -> Any:
     num_classes = config.num_classes or data.num_classes
     datasets.check_labels(data, num_classes)
     return build_classifier(
-        config.name.value, data.example_shape, num_classes,
-        width=config.width, depth=config.depth, l2=config.l2, dropout=config.dropout,
+        config.name.value,
+        data.example_shape,
+        num_classes,
+        width=config.width,
+        depth=config.depth,
+        l2=config.l2,
+        dropout=config.dropout,
     )
 
 

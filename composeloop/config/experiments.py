@@ -23,8 +23,7 @@ def _refuse_earlier_results(directory: Path) -> None:
     found = [name for name in RESULT_FILES if (directory / name).exists()]
     if found:
         raise ConfigError(
-            f"hydra.run.dir: {directory} already holds a run's results ({', '.join(found)}); "
-            "choose another directory"
+            f"hydra.run.dir: {directory} already holds a run's results ({', '.join(found)}); choose another directory"
         )
 
 
@@ -43,9 +42,14 @@ def train_classifier(config: Config, directory: Path) -> dict[str, Any]:
 
     keras.utils.set_random_seed(config.seed)
     model = build.build_model(config.model, data)
-    step = classifier_step(model, build.build_optimizer(config.optimizer), transform=build.build_transform(config.gradient))
+    step = classifier_step(
+        model, build.build_optimizer(config.optimizer), transform=build.build_transform(config.gradient)
+    )
     program = compile_step(
-        step, steps_per_execution=config.train.steps_per_execution, jit_compile=config.train.jit_compile, seed=config.seed
+        step,
+        steps_per_execution=config.train.steps_per_execution,
+        jit_compile=config.train.jit_compile,
+        seed=config.seed,
     )
     batch_size = config.data.batch_size
     history = fit(

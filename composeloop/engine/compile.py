@@ -99,11 +99,17 @@ class Program:
         self.traces = TraceCounter()
         with self.strategy.scope():
             self.global_step = tf.Variable(
-                0, dtype=tf.int64, trainable=False, name="global_step",
+                0,
+                dtype=tf.int64,
+                trainable=False,
+                name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
             self.withheld_updates = tf.Variable(
-                0, dtype=tf.int64, trainable=False, name="withheld_updates",
+                0,
+                dtype=tf.int64,
+                trainable=False,
+                name="withheld_updates",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
             self.metric_states = {"train": _state_variables(step, "train"), "eval": _state_variables(step, "eval")}
@@ -194,7 +200,9 @@ class Program:
 
     def states(self, kind: str = "train") -> dict[str, dict[str, float]]:
         """Current raw metric states (sums), by metric name."""
-        return {name: {f: float(v) for f, v in fields.items()} for name, fields in _read(self.metric_states[kind]).items()}
+        return {
+            name: {f: float(v) for f, v in fields.items()} for name, fields in _read(self.metric_states[kind]).items()
+        }
 
     def reset(self, kind: str = "train") -> None:
         """Resets one kind's metric states to empty."""

@@ -157,9 +157,7 @@ def epoch_order(examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(examples)
 
 
-def batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True
-):
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True):
     """One epoch of ``{"x", "y"}`` batches, shuffled by (seed, epoch), prefetched.
 
     The last batch may be smaller. Batches are gathered from the arrays by index, so

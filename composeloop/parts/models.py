@@ -16,7 +16,13 @@ def _regularizer(l2: float):
 
 
 def mlp(
-    example_shape: tuple[int, ...], num_classes: int, *, width: int = 64, depth: int = 2, l2: float = 0.0, dropout: float = 0.0
+    example_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    width: int = 64,
+    depth: int = 2,
+    l2: float = 0.0,
+    dropout: float = 0.0,
 ) -> keras.Model:
     """Flatten, then `depth` ReLU layers of `width` units, then logits.
 
@@ -33,7 +39,13 @@ def mlp(
 
 
 def cnn(
-    example_shape: tuple[int, ...], num_classes: int, *, width: int = 32, depth: int = 2, l2: float = 0.0, dropout: float = 0.0
+    example_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    width: int = 32,
+    depth: int = 2,
+    l2: float = 0.0,
+    dropout: float = 0.0,
 ) -> keras.Model:
     """`depth` 3x3 same-padded ReLU convolutions (the first `width` filters, doubling), then
     global average pooling and logits. Takes (height, width) or (height, width, channels).
@@ -51,7 +63,9 @@ def cnn(
         layers.append(keras.layers.Reshape((*example_shape, 1)))
     for index in range(depth):
         layers.append(
-            keras.layers.Conv2D(width * 2**index, 3, padding="same", activation="relu", kernel_regularizer=_regularizer(l2))
+            keras.layers.Conv2D(
+                width * 2**index, 3, padding="same", activation="relu", kernel_regularizer=_regularizer(l2)
+            )
         )
         if index < depth - 1 and min(example_shape[:2]) // 2 ** (index + 1) >= 2:
             layers.append(keras.layers.MaxPooling2D())
@@ -65,14 +79,10 @@ def cnn(
 MODELS = {"mlp": mlp, "cnn": cnn}
 
 
-def build_classifier(
-    name: str, example_shape: tuple[int, ...], num_classes: int, **options: float
-) -> keras.Model:
+def build_classifier(name: str, example_shape: tuple[int, ...], num_classes: int, **options: float) -> keras.Model:
     """Builds a named classifier for the data's example shape; DataError if it cannot fit."""
     try:
         return MODELS[name](tuple(example_shape), num_classes, **options)
     except ValueError as error:
         first_line = str(error).strip().splitlines()[0]
-        raise DataError(
-            f"model '{name}' does not fit data of shape {tuple(example_shape)}: {first_line}"
-        ) from None
+        raise DataError(f"model '{name}' does not fit data of shape {tuple(example_shape)}: {first_line}") from None

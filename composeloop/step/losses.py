@@ -15,9 +15,7 @@ from composeloop.step.records import Context, Tensors
 Loss = Callable[[Context, Tensors], Tensors]
 
 
-def sparse_categorical_crossentropy(
-    labels: str = "y", logits: str = "logits", name: str = "loss"
-) -> Loss:
+def sparse_categorical_crossentropy(labels: str = "y", logits: str = "logits", name: str = "loss") -> Loss:
     """Per-example cross-entropy between integer labels and unnormalised logits.
 
     Args:

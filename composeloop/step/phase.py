@@ -128,7 +128,9 @@ def _update_metrics(
     if not phase.metrics:
         return {}
     local = {
-        metric.name: _call_slot(phase, f"metrics[{metric.name!r}]", metric.update, metric.empty(), context, outputs, losses)
+        metric.name: _call_slot(
+            phase, f"metrics[{metric.name!r}]", metric.update, metric.empty(), context, outputs, losses
+        )
         for metric in phase.metrics
     }
     summed = context.replication.sum(local)
@@ -154,7 +156,7 @@ def run_phase(
     raw = tape.gradient(objective, variables)
     # A variable the objective does not reach gets a zero gradient, so transforms and
     # all-reduces always see one tensor per variable.
-    raw = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(raw, variables)]
+    raw = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(raw, variables, strict=False)]
     reduced = context.replication.sum(raw)
     update = _call_slot(phase, "transform", phase.transform, Gradients(reduced), variables, context)
     applied = context.replication.apply(phase.apply, update, variables)
