@@ -41,20 +41,19 @@ def full_errors() -> bool:
 
 
 def one_line(error: BaseException) -> str:
-    """The first line of an error and of each error it was raised from, joined."""
+    """One line for an error: its first line and that of the error it was raised from."""
     parts: list[str] = []
     options: list[str] = []
     seen: BaseException | None = error
-    while seen is not None:
-        lines = [line.strip() for line in str(seen).splitlines() if line.strip()]
-        if lines and lines[0] not in parts:
-            parts.append(lines[0])
+    while seen is not None and len(parts) < 2:
+        text = str(seen)
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        # OmegaConf chains a templated copy of its message ("Value '$VALUE' ..."): skip it.
+        if first and "$" not in first and first not in parts:
+            parts.append(first)
         # Hydra lists a group's options on tab-indented lines: keep them, they help.
-        options += [line.strip() for line in str(seen).splitlines() if line.startswith("\t") and "=" not in line]
-        full_key = [line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")]
-        if full_key and full_key[0] not in " ".join(parts):
-            parts.append(f"key {full_key[0]}")
-        seen = seen.__cause__ or seen.__context__
+        options += [line.strip() for line in text.splitlines() if line.startswith("\t") and "=" not in line]
+        seen = seen.__cause__ if seen.__suppress_context__ else (seen.__cause__ or seen.__context__)
     message = ": ".join(parts) or type(error).__name__
     if options:
         message += f" (available: {', '.join(options)})"
