@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from composeloop.config.schema import Config, validate
+from composeloop.config.schema import Config, DataSource, validate
 from composeloop.errors import ConfigError
 
 SCHEMA_NAME = "composeloop_schema"
@@ -42,4 +42,12 @@ def to_config(tree: Any) -> Config:
     if not isinstance(config, Config):
         raise ConfigError(f"the composed config is a {type(config).__name__}, not a composeloop Config")
     validate(config)
+    _check_across_sections(config)
     return config
+
+
+def _check_across_sections(config: Config) -> None:
+    """Checks that involve more than one field, which no single validator can see."""
+    # OmegaConf lets the schema's `path: None` win over the group's `???`, so check here.
+    if config.data.source is DataSource.npz and not config.data.path:
+        raise ConfigError("data.path: data=npz needs a file: set data.path=FILE.npz")

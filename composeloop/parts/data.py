@@ -12,6 +12,7 @@ inside scikit-learn (`sklearn/datasets/data/digits.csv.gz`), converted to uint8 
 from __future__ import annotations
 
 import zipfile
+import zlib
 from importlib import resources
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> Arra
     """A seeded random split, so validation examples come from the same writers as train."""
     order = np.random.default_rng(seed).permutation(len(x))
     n_val = max(1, round(len(x) * val_fraction))
+    if n_val >= len(x):
+        raise DataError(
+            f"{len(x)} examples are too few to split into train and validation with val_fraction={val_fraction}"
+        )
     val, train = order[:n_val], order[n_val:]
     return ArrayData(x[train], y[train], x[val], y[val])
 
@@ -111,8 +116,9 @@ def load_npz(path: str | Path) -> ArrayData:
                     f"data.path: {path} lacks {', '.join(missing)}; an MNIST-style .npz holds {', '.join(NPZ_KEYS)}"
                 )
             raw = {key: arrays[key] for key in NPZ_KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise DataError(f"data.path: {path} is not a readable .npz file ({type(error).__name__}: {error})") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+        # numpy's own text for a corrupt file talks about pickles: the error type says enough.
+        raise DataError(f"data.path: {path} is not a readable .npz file ({type(error).__name__})") from None
     x_train, x_test = _as_features(raw["x_train"], "x_train", path), _as_features(raw["x_test"], "x_test", path)
     y_train, y_test = _as_labels(raw["y_train"], "y_train", path), _as_labels(raw["y_test"], "y_test", path)
     for x_key, x, y_key, y in (("x_train", x_train, "y_train", y_train), ("x_test", x_test, "y_test", y_test)):
