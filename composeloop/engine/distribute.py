@@ -19,24 +19,37 @@ def _all_reduce_sum(values: Any) -> Any:
     return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
-def _apply_once(apply: Callable, update: Gradients, variables: Sequence[tf.Variable]) -> tf.Tensor:
-    """Applies already all-reduced gradients once, from the cross-replica context.
+def _on_first_replica_only(apply: Callable) -> Callable:
+    def apply_per_replica(values: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+        apply([tf.where(first, value, tf.zeros_like(value)) for value in values], variables)
 
-    Keras 3 optimizers all-reduce gradients themselves when called in a replica context;
-    ours are reduced already (so transforms saw the global gradient), so the apply runs in
-    the cross-replica context, where every replica's copy of the variables gets the same
-    update and nothing is summed twice.
+    return apply_per_replica
+
+
+def _apply_once(apply: Callable, update: Gradients, variables: Sequence[tf.Variable]) -> tf.Tensor:
+    """Applies already all-reduced gradients once, if `update.apply` holds.
+
+    The decision is taken in the cross-replica context (a `tf.cond` whose branch may
+    merge-call cannot live in a replica context). Keras 3 optimizers must then run per
+    replica, and they sum the gradients they are given across replicas: replica 0 gets the
+    reduced gradients and the others zeros, so that sum is exact and nothing counts twice.
+    Any other apply stage runs once, in the cross-replica context, where assigning a
+    mirrored variable updates every replica's copy.
     """
 
     def in_cross_replica(strategy: tf.distribute.Strategy, values: Any, flag: Any) -> tf.Tensor:
-        first = [strategy.experimental_local_results(value)[0] for value in values]
-        condition = strategy.experimental_local_results(flag)[0]
-        return when(condition, lambda: apply(first, variables))
+        def run() -> None:
+            if getattr(apply, "sums_across_replicas", False):
+                strategy.extended.call_for_each_replica(_on_first_replica_only(apply), args=(values, variables))
+            else:
+                apply([strategy.experimental_local_results(value)[0] for value in values], variables)
 
-    applied = tf.distribute.get_replica_context().merge_call(
+        return when(strategy.experimental_local_results(flag)[0], run)
+
+    return tf.distribute.get_replica_context().merge_call(
         in_cross_replica, args=(list(update.values), tf.convert_to_tensor(update.apply))
     )
-    return applied
 
 
 def replication_for(strategy: tf.distribute.Strategy) -> Replication:

@@ -23,6 +23,8 @@ class OptimizerApply:
     """Applies gradients with one Keras optimizer, owned by one variable group."""
 
     optimizer: Any
+    # Keras 3 optimizers all-reduce (sum) what they are given when called per replica.
+    sums_across_replicas = True
 
     def __call__(self, gradients: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
         self.optimizer.apply(list(gradients), list(variables))

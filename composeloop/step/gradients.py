@@ -108,11 +108,12 @@ def global_norm(values: Sequence[tf.Tensor]) -> tf.Tensor:
 def _scale_to(values: Sequence[tf.Tensor], norm: tf.Tensor, max_norm: float) -> list[tf.Tensor]:
     """Scales `values` (of L2 norm `norm`) to norm at most `max_norm`; non-finite: zeros."""
     bound = tf.constant(max_norm, tf.float32)
-    # bound / max(norm, bound) is exactly 1.0 under the bound, so unclipped values are unchanged.
     factor = bound / tf.maximum(norm, bound)
+    within = norm <= bound
     finite = tf.math.is_finite(norm)
-    factor = tf.where(finite, factor, 0.0)
-    return [tf.where(finite, g * tf.cast(factor, g.dtype), tf.zeros_like(g)) for g in values]
+    # Under the bound the values pass through untouched (a multiply by 1.0 would flush
+    # subnormal floats to zero on CPUs that run with flush-to-zero, as TensorFlow's do).
+    return [tf.where(finite, tf.where(within, g, g * tf.cast(factor, g.dtype)), tf.zeros_like(g)) for g in values]
 
 
 def clip_by_norm(max_norm: float) -> Transform:
