@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from composeloop.config import build
+from composeloop.config.gan import train_gan
 from composeloop.config.schema import Config
 from composeloop.errors import ConfigError
 
@@ -74,7 +75,11 @@ def train_classifier(config: Config, directory: Path) -> dict[str, Any]:
     return summary
 
 
-EXPERIMENTS: dict[str, Callable[[Config, Path], dict[str, Any]]] = {"classifier": train_classifier}
+EXPERIMENTS: dict[str, Callable[[Config, Path], dict[str, Any]]] = {
+    "classifier": train_classifier,
+    "gan": train_gan,
+    "wgan_gp": train_gan,
+}
 
 
 def run(config: Config, directory: str | Path) -> dict[str, Any]:

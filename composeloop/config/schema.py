@@ -46,6 +46,11 @@ at_least_one = _check(lambda v: v >= 1, ">= 1")
 unit_interval_open = _check(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
 dropout_rate = _check(lambda v: 0 <= v < 1, "in [0, 1)")
 optional_class_count = _check(lambda v: v >= 2, ">= 2", optional=True)
+_POWER_OF_TWO_TIMES_4 = "4 times a power of two (8, 16, ...)"
+image_size = _check(lambda v: v >= 4 and v % 4 == 0 and (v // 4) & (v // 4 - 1) == 0, _POWER_OF_TWO_TIMES_4)
+optional_image_size = _check(
+    lambda v: v >= 4 and v % 4 == 0 and (v // 4) & (v // 4 - 1) == 0, _POWER_OF_TWO_TIMES_4, optional=True
+)
 example_shape = _check(lambda v: len(v) >= 1 and all(d >= 1 for d in v), "a non-empty list of sizes >= 1")
 
 
@@ -63,6 +68,14 @@ class ModelName(enum.Enum):
 class OptimizerName(enum.Enum):
     adam = "adam"
     sgd = "sgd"
+
+
+class GanLoss(enum.Enum):
+    non_saturating = "non_saturating"
+    minimax = "minimax"
+    least_squares = "least_squares"
+    hinge = "hinge"
+    wasserstein = "wasserstein"
 
 
 @attrs.define
@@ -111,6 +124,30 @@ class TrainConfig:
 
 
 @attrs.define
+class GanConfig:
+    """The GAN experiments (gan, wgan_gp): models, losses, each player's optimizer, outputs."""
+
+    latent_dim: int = attrs.field(default=32, validator=positive)
+    loss: GanLoss = GanLoss.non_saturating
+    label_noise: float = attrs.field(default=0.0, validator=dropout_rate)
+    n_critic: int = attrs.field(default=1, validator=at_least_one)
+    gradient_penalty: float = attrs.field(default=0.0, validator=non_negative)
+    clip_norm: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    image_size: int = attrs.field(default=8, validator=image_size)
+    generator_size: Optional[int] = attrs.field(default=None, validator=optional_image_size)  # noqa: UP045
+    width: int = attrs.field(default=64, validator=positive)
+    d_optimizer: OptimizerName = OptimizerName.adam
+    d_learning_rate: float = attrs.field(default=2e-4, validator=positive)
+    g_optimizer: OptimizerName = OptimizerName.adam
+    g_learning_rate: float = attrs.field(default=2e-4, validator=positive)
+    beta_1: float = attrs.field(default=0.5, validator=dropout_rate)
+    beta_2: float = attrs.field(default=0.999, validator=unit_interval_open)
+    grid: int = attrs.field(default=64, validator=positive)
+    samples: int = attrs.field(default=1000, validator=positive)
+    classifier_epochs: int = attrs.field(default=30, validator=at_least_one)
+
+
+@attrs.define
 class Config:
     experiment: str = "classifier"
     seed: int = attrs.field(default=0, validator=non_negative)
@@ -119,6 +156,7 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     gradient: GradientConfig = GradientConfig()
     train: TrainConfig = TrainConfig()
+    gan: GanConfig = GanConfig()
 
 
 def validate(instance: Any, path: str = "") -> None:

@@ -8,6 +8,16 @@ from composeloop.step.aggregate import global_mean, mean_and_model_losses, model
 from composeloop.step.apply import OptimizerApply, optimizer_apply
 from composeloop.step.compose import Step, compose, fold_seed
 from composeloop.step.forward import call_model
+from composeloop.step.gan import (
+    GAN_LOSSES,
+    combine,
+    discriminate,
+    discriminator_loss,
+    generate,
+    generator_loss,
+    gradient_penalty,
+    latent_noise,
+)
 from composeloop.step.gradients import (
     all_finite,
     chain,
@@ -26,6 +36,7 @@ from composeloop.step.phase import Phase
 from composeloop.step.records import LOCAL, Context, Gradients, Replication
 
 __all__ = [
+    "GAN_LOSSES",
     "LOCAL",
     "Context",
     "Gradients",
@@ -41,11 +52,18 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_norm",
     "clip_by_value",
+    "combine",
     "compose",
+    "discriminate",
+    "discriminator_loss",
     "fold_seed",
+    "generate",
+    "generator_loss",
     "global_mean",
     "global_norm",
+    "gradient_penalty",
     "identity",
+    "latent_noise",
     "map_gradients",
     "mean_and_model_losses",
     "mean_loss",
