@@ -9,6 +9,7 @@ Set HYDRA_FULL_ERROR=1 to get tracebacks instead. Nothing imports this module.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -110,7 +111,10 @@ def _quiet_native_logs() -> Iterator[None]:
 
 def _job(tree: DictConfig) -> None:
     from composeloop.config.experiments import run
+    from composeloop.config.runner import exit_code
 
+    # TensorFlow's checkpoint code logs every save at INFO through absl; Hydra would print it.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         config = to_config(tree)
         with _quiet_native_logs():
@@ -119,11 +123,21 @@ def _job(tree: DictConfig) -> None:
             tf.config.list_physical_devices()  # probes drivers: its complaints stay quiet too
         directory = Path(HydraConfig.get().runtime.output_dir)
         summary = run(config, directory)
-        print(f"composeloop: {config.experiment} finished in {summary['wall_s']:.1f}s; outputs in {directory}")
     except ComposeloopError as error:
         if full_errors():
             raise
         fail(str(error))
+    code = exit_code(summary)
+    if code:
+        print(
+            f"composeloop: {summary['status']} ({summary['reason']}); outputs and the last checkpoint are in "
+            f"{directory}: run the same command again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(code)
+    how = summary["status"] + (f": {summary['reason']}" if summary.get("reason") else "")
+    print(f"composeloop: {config.experiment} finished in {summary['wall_s']:.1f}s ({how}); outputs in {directory}")
 
 
 def main(argv: list[str] | None = None) -> None:

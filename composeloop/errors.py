@@ -23,3 +23,11 @@ class ConfigError(ComposeloopError):
 
 class DataError(ComposeloopError):
     """A data file or array is missing, malformed or does not fit the model."""
+
+
+class CheckpointError(ComposeloopError):
+    """A checkpoint cannot be written, read, or does not fit the run (names the variables)."""
+
+
+class NonFiniteLossError(ComposeloopError):
+    """Training met a NaN or infinite loss under ``nan_policy=raise`` (names the step)."""

@@ -16,6 +16,7 @@ from composeloop.config.schema import (
     ModelConfig,
     OptimizerConfig,
     OptimizerName,
+    Schedule,
 )
 from composeloop.errors import ConfigError
 from composeloop.parts import data as datasets
@@ -55,22 +56,47 @@ def build_model(config: ModelConfig, data: datasets.ArrayData) -> Any:
     )
 
 
-def build_optimizer(config: OptimizerConfig) -> Any:
-    """A fresh Keras 3 optimizer."""
+def build_schedule(config: OptimizerConfig, total_steps: int) -> Any:
+    """The configured learning rate: a float for `constant` without warmup, else a schedule.
+
+    Args:
+      config: the optimizer section.
+      total_steps: the run's update count; cosine decays over what follows the warmup.
+    """
+    from composeloop.step import schedules
+
+    if config.schedule is Schedule.constant and config.warmup_steps == 0:
+        return config.learning_rate
+    peak, floor = config.learning_rate, config.min_learning_rate
+    if config.schedule is Schedule.cosine:
+        main = schedules.cosine(peak, max(total_steps - config.warmup_steps, 1), floor)
+    elif config.schedule is Schedule.cyclic:
+        main = schedules.triangular(floor, peak, config.cycle_steps)
+    else:
+        main = schedules.constant(peak)
+    description = f"{config.schedule.value} peak={peak} warmup={config.warmup_steps}"
+    return schedules.keras_schedule(schedules.warmup(main, config.warmup_steps), description)
+
+
+def build_optimizer(config: OptimizerConfig, total_steps: int = 1) -> Any:
+    """A fresh Keras 3 optimizer with the configured learning-rate schedule."""
     import keras
 
+    learning_rate = build_schedule(config, total_steps)
     if config.name is OptimizerName.sgd:
-        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
-    return keras.optimizers.Adam(learning_rate=config.learning_rate)
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum)
+    return keras.optimizers.Adam(learning_rate=learning_rate)
 
 
 def build_transform(config: GradientConfig) -> Any:
-    """The chain of configured gradient transforms (skip, then value, norm, global norm)."""
+    """The chain of configured gradient transforms: skip non-finite, then value, norm, global norm.
+
+    A step whose gradients are not finite is always withheld (`train.nan_policy` decides
+    what the run does next), and first in the chain, because the clips turn NaN into 0.
+    """
     from composeloop import step
 
-    transforms = []
-    if config.skip_nonfinite:
-        transforms.append(step.skip_nonfinite())
+    transforms = [step.skip_nonfinite()]
     if config.clip_value is not None:
         transforms.append(step.clip_by_value(-config.clip_value, config.clip_value))
     if config.clip_norm is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from composeloop.config import build
+from composeloop.config import build, runner
 from composeloop.config.schema import Config, GanConfig, OptimizerName
 from composeloop.errors import DataError
 
@@ -74,8 +74,9 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
     import keras
 
     from composeloop import step as cs
-    from composeloop.engine import compile_step, fit
-    from composeloop.engine.report import MetricsLog, write_json_atomically
+    from composeloop.engine import compile_step
+    from composeloop.engine.events import on_epoch_end
+    from composeloop.engine.report import write_json_atomically
     from composeloop.parts import gan as parts
     from composeloop.parts.data import batches
     from composeloop.parts.images import save_grid
@@ -98,34 +99,31 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
         n_critic=gan.n_critic,
         transform=cs.clip_by_norm(gan.clip_norm) if gan.clip_norm else None,
     )
-    program = compile_step(
-        step,
-        steps_per_execution=config.train.steps_per_execution,
-        jit_compile=config.train.jit_compile,
-        seed=config.seed,
-    )
+    program = compile_step(step, **runner.compile_options(config))
     # The GAN learns from every image; the held-out split only checks the score's classifier.
     x_all = np.concatenate([x_train, x_val])
     y_all = np.concatenate([data.y_train, data.y_val])
     fixed = parts.fixed_latents(gan.grid, gan.latent_dim, config.seed)
     columns = max(1, int(np.ceil(np.sqrt(gan.grid))))
-    metrics_log = MetricsLog(directory, config.train.epochs)
 
-    def log(logs: dict[str, Any]) -> None:
-        metrics_log({LOG_NAMES.get(key, key): value for key, value in logs.items()})
-
-    def samples(logs: dict[str, Any]) -> None:
+    def samples(state: Any) -> None:
         images = parts.generate_images(generator, fixed)
-        save_grid(directory / "samples" / f"epoch_{logs['epoch']:03d}.png", images, columns=columns)
+        save_grid(directory / "samples" / f"epoch_{state.epoch:03d}.png", images, columns=columns)
 
-    history = fit(
+    training = runner.Training(
         program,
         lambda epoch: batches(x_all, y_all, config.data.batch_size, seed=config.seed, epoch=epoch),
-        epochs=config.train.epochs,
-        on_epoch_end=[log, samples],
+        handlers=[on_epoch_end(samples)],
+        log_names=LOG_NAMES,
+        images=lambda state: (parts.generate_images(generator, fixed[:16]) + 1.0) / 2.0,
     )
+    state = runner.train(config, directory, training)
     generator.save(directory / "generator.keras")
     discriminator.save(directory / "discriminator.keras")
+    common = runner.summary(config, state, started, LOG_NAMES)
+    if state.status in runner.UNFINISHED:  # scoring trains a classifier: not worth it for a run to resume
+        write_json_atomically(directory / "summary.json", common)
+        return common
 
     classifier, classifier_accuracy = train_digit_classifier(
         config, x_train, data.y_train, x_val, data.y_val, data.num_classes
@@ -133,21 +131,14 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
     generated = parts.generate_images(generator, parts.fixed_latents(gan.samples, gan.latent_dim, config.seed + 1))
     quality = parts.digit_quality(classifier, generated)
     reference = parts.digit_quality(classifier, x_val)
-    last = {LOG_NAMES.get(k, k): v for k, v in (history[-1] if history else {}).items() if k != "epoch"}
     summary = {
-        "experiment": config.experiment,
-        "status": "completed",
-        "epochs": len(history),
-        "steps": int(program.global_step),
-        **{name: last[name] for name in ("d_loss", "g_loss", "gp") if name in last},
-        "metrics": last,
+        **common,
+        **{name: common["metrics"][name] for name in ("d_loss", "g_loss", "gp") if name in common["metrics"]},
         **quality,
         "samples_scored": gan.samples,
         "classifier_val_accuracy": classifier_accuracy,
         "real_digit_confidence": reference["digit_confidence"],
         "wall_s": time.perf_counter() - started,
-        "traces": program.trace_counts,
-        "withheld_updates": int(program.withheld_updates),
     }
     write_json_atomically(directory / "summary.json", summary)
     return summary

@@ -70,6 +70,27 @@ class OptimizerName(enum.Enum):
     sgd = "sgd"
 
 
+class Schedule(enum.Enum):
+    constant = "constant"
+    cosine = "cosine"
+    cyclic = "cyclic"  # triangular cycles between min_learning_rate and learning_rate
+
+
+# Functional form: "raise" is a keyword, and OmegaConf matches enum members by name.
+NanPolicy = enum.Enum("NanPolicy", {"raise": "raise", "skip": "skip", "stop": "stop"})
+
+
+class Resume(enum.Enum):
+    auto = "auto"  # continue from the run directory's latest checkpoint, if any
+    never = "never"  # refuse a run directory that already holds a run
+
+
+class MonitorMode(enum.Enum):
+    auto = "auto"
+    min = "min"
+    max = "max"
+
+
 class GanLoss(enum.Enum):
     non_saturating = "non_saturating"
     minimax = "minimax"
@@ -104,13 +125,19 @@ class OptimizerConfig:
     name: OptimizerName = OptimizerName.adam
     learning_rate: float = attrs.field(default=1e-3, validator=positive)
     momentum: float = attrs.field(default=0.0, validator=dropout_rate)
+    schedule: Schedule = Schedule.constant
+    warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    min_learning_rate: float = attrs.field(default=0.0, validator=non_negative)
+    cycle_steps: int = attrs.field(default=2000, validator=_check(lambda v: v >= 2, ">= 2"))
 
 
 @attrs.define
 class GradientConfig:
-    """Gradient transforms, applied after the all-reduce in this order when set."""
+    """Gradient transforms, applied after the all-reduce in this order when set.
 
-    skip_nonfinite: bool = False
+    Non-finite gradients are always withheld; `train.nan_policy` says what happens next.
+    """
+
     clip_value: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
     clip_norm: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
     clip_global_norm: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
@@ -121,6 +148,38 @@ class TrainConfig:
     epochs: int = attrs.field(default=10, validator=non_negative)
     steps_per_execution: int = attrs.field(default=1, validator=at_least_one)
     jit_compile: bool = False
+    nan_policy: NanPolicy = NanPolicy["raise"]
+
+
+@attrs.define
+class CheckpointConfig:
+    """Rolling checkpoints in <run dir>/checkpoints (or `directory`); the best one in best/."""
+
+    every_steps: Optional[int] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    every_epochs: int = attrs.field(default=1, validator=at_least_one)
+    keep: int = attrs.field(default=3, validator=at_least_one)
+    directory: Optional[str] = None  # noqa: UP045
+
+
+@attrs.define
+class EarlyStoppingConfig:
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs (null: off)."""
+
+    monitor: str = "val_loss"
+    mode: MonitorMode = MonitorMode.auto
+    patience: Optional[int] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    min_delta: float = attrs.field(default=0.0, validator=non_negative)
+    restore_best: bool = True
+
+
+@attrs.define
+class ReportConfig:
+    """What a run shows and writes besides metrics.jsonl/.csv and summary.json."""
+
+    progress_bar: Optional[bool] = None  # noqa: UP045 - null: a live bar only on a terminal
+    tensorboard: bool = True
+    tensorboard_every_steps: Optional[int] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    curves: bool = True
 
 
 @attrs.define
@@ -157,6 +216,10 @@ class Config:
     gradient: GradientConfig = GradientConfig()
     train: TrainConfig = TrainConfig()
     gan: GanConfig = GanConfig()
+    resume: Resume = Resume.auto
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    report: ReportConfig = ReportConfig()
 
 
 def validate(instance: Any, path: str = "") -> None:

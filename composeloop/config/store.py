@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from composeloop.config.schema import Config, DataSource, validate
+from composeloop.config.schema import Config, DataSource, Schedule, validate
 from composeloop.errors import ConfigError
 
 SCHEMA_NAME = "composeloop_schema"
@@ -51,3 +51,9 @@ def _check_across_sections(config: Config) -> None:
     # OmegaConf lets the schema's `path: None` win over the group's `???`, so check here.
     if config.data.source is DataSource.npz and not config.data.path:
         raise ConfigError("data.path: data=npz needs a file: set data.path=FILE.npz")
+    optimizer = config.optimizer
+    if optimizer.schedule is not Schedule.constant and optimizer.min_learning_rate >= optimizer.learning_rate:
+        raise ConfigError(
+            f"optimizer.min_learning_rate: must be below optimizer.learning_rate ({optimizer.learning_rate}) "
+            f"for schedule={optimizer.schedule.value}, got {optimizer.min_learning_rate}"
+        )

@@ -16,7 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from composeloop.engine.distribute import replica_id, replication_for
-from composeloop.step.apply import build_apply
+from composeloop.step.apply import apply_variables, build_apply
 from composeloop.step.compose import Step, fold_seed
 from composeloop.step.records import Context
 
@@ -68,6 +68,13 @@ def _assign(variables: Mapping[str, Mapping[str, tf.Variable]], states: Mapping[
             variable.assign(states[name][field])
 
 
+def _counter(name: str, dtype: tf.DType = tf.int64, initial: Any = 0) -> tf.Variable:
+    # ONLY_FIRST_REPLICA: every replica computes the same value from all-reduced inputs.
+    return tf.Variable(
+        initial, dtype=dtype, trainable=False, name=name, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
+    )
+
+
 def _batch_size(batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
     first = next(iter(batch.values()))
     return tf.cast(tf.shape(first)[0], tf.float32)
@@ -78,6 +85,11 @@ class Program:
 
     Build it with `compile_step`. Its state (global step, metric states, the models'
     and optimizers' variables) lives in variables, so it can be checkpointed.
+
+    A training step whose objective is not finite is counted in `nonfinite_steps` (its
+    step number in `last_nonfinite_step`); with `halt_on_nonfinite` the compiled loop
+    returns right after it, so the Python loop can act before another step runs. The last
+    step's objective and gradient norm per phase are kept in `last_logs`.
     """
 
     def __init__(
@@ -87,6 +99,7 @@ class Program:
         steps_per_execution: int = 1,
         jit_compile: bool = False,
         seed: int = 0,
+        halt_on_nonfinite: bool = False,
     ) -> None:
         if steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
@@ -95,23 +108,19 @@ class Program:
         self.steps_per_execution = steps_per_execution
         self.jit_compile = jit_compile
         self.seed = seed
+        self.halt_on_nonfinite = halt_on_nonfinite
         self.replication = replication_for(self.strategy)
         self.traces = TraceCounter()
         with self.strategy.scope():
-            self.global_step = tf.Variable(
-                0,
-                dtype=tf.int64,
-                trainable=False,
-                name="global_step",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-            self.withheld_updates = tf.Variable(
-                0,
-                dtype=tf.int64,
-                trainable=False,
-                name="withheld_updates",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
+            self.global_step = _counter("global_step")
+            self.withheld_updates = _counter("withheld_updates")
+            self.nonfinite_steps = _counter("nonfinite_steps")
+            self.last_nonfinite_step = _counter("last_nonfinite_step", initial=-1)
+            self.last_logs = {
+                f"{phase.name}/{key}": _counter(f"last_{phase.name}_{key}", tf.float32)
+                for phase in step.phases
+                for key in ("objective", "grad_norm")
+            }
             self.metric_states = {"train": _state_variables(step, "train"), "eval": _state_variables(step, "eval")}
             for phase in step.phases:
                 # Optimizer slots cannot be created inside a trace: build them now.
@@ -145,6 +154,13 @@ class Program:
         withheld = [tf.cast(tf.logical_not(v), tf.int64) for k, v in logs.items() if k.endswith("/applied")]
         if withheld:
             self.withheld_updates.assign_add(tf.add_n(withheld))
+        finite = [tf.reduce_all(tf.math.is_finite(v)) for k, v in logs.items() if k.endswith("/objective")]
+        if finite:
+            nonfinite = tf.logical_not(tf.reduce_all(tf.stack(finite)))
+            self.nonfinite_steps.assign_add(tf.cast(nonfinite, tf.int64))
+            self.last_nonfinite_step.assign(tf.where(nonfinite, self.global_step, self.last_nonfinite_step))
+        for name, variable in self.last_logs.items():
+            variable.assign(tf.cast(logs[name], tf.float32))
 
     def _evaluate_on_batch(self, batch: Mapping[str, tf.Tensor]) -> None:
         states = _read(self.metric_states["eval"])
@@ -158,10 +174,14 @@ class Program:
             optional = iterator.get_next_as_optional()
             if not optional.has_value():
                 break
+            halt = kind == "train" and self.halt_on_nonfinite
+            nonfinite_before = self.nonfinite_steps.read_value() if halt else None
             self.strategy.run(self._on_batch[kind], args=(optional.get_value(),))
+            done += 1
             if kind == "train":
                 self.global_step.assign_add(1)
-            done += 1
+            if halt and self.nonfinite_steps.read_value() > nonfinite_before:
+                break
         return done
 
     def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
@@ -210,6 +230,36 @@ class Program:
             for variable in fields.values():
                 variable.assign(tf.zeros_like(variable))
 
+    def checkpoint_variables(self) -> dict[str, dict[str, Any]]:
+        """Everything a checkpoint must hold to resume this program exactly, in named groups.
+
+        ``model_<name>``: each model's variables (weights and seed-generator states);
+        ``apply_<phase>``: the state of each phase's apply stage (an optimizer's slots and
+        update count); ``counters``; ``metrics_<kind>``: the metric states. Within a group
+        variables are keyed by position, which depends only on the architecture, not on
+        the layer names Keras numbers per process.
+        """
+
+        def indexed(variables: Any) -> dict[str, Any]:
+            return {f"{index:03d}": variable for index, variable in enumerate(variables)}
+
+        groups = {f"model_{name}": indexed(model.variables) for name, model in self.step.models.items()}
+        for phase in self.step.phases:
+            state = apply_variables(phase.apply)
+            if state:
+                groups[f"apply_{phase.name}"] = indexed(state)
+        groups["counters"] = {
+            "global_step": self.global_step,
+            "withheld_updates": self.withheld_updates,
+            "nonfinite_steps": self.nonfinite_steps,
+            "last_nonfinite_step": self.last_nonfinite_step,
+        }
+        for kind, metrics in self.metric_states.items():
+            groups[f"metrics_{kind}"] = {
+                f"{name}.{field}": variable for name, fields in metrics.items() for field, variable in fields.items()
+            }
+        return groups
+
     @property
     def trace_counts(self) -> dict[str, int]:
         return dict(self.traces.counts)
@@ -222,6 +272,7 @@ def compile_step(
     steps_per_execution: int = 1,
     jit_compile: bool = False,
     seed: int = 0,
+    halt_on_nonfinite: bool = False,
 ) -> Program:
     """Compiles a `Step` into one training and one evaluation `tf.function`.
 
@@ -232,6 +283,8 @@ def compile_step(
       steps_per_execution: steps run per call, looped inside the graph.
       jit_compile: compile each step with XLA.
       seed: the run seed that every stage's stateless seed derives from.
+      halt_on_nonfinite: end a `train` call right after a step whose objective is not
+        finite (see `Program`), instead of running the rest of the chunk.
 
     Returns:
       A `Program`.
@@ -240,4 +293,4 @@ def compile_step(
       >>> program = compile_step(step, steps_per_execution=8)
       >>> program.train(iter(dataset))
     """
-    return Program(step, strategy, steps_per_execution, jit_compile, seed)
+    return Program(step, strategy, steps_per_execution, jit_compile, seed, halt_on_nonfinite)

@@ -1,18 +1,25 @@
-"""Run outputs people and programs read: the console line, metrics.jsonl, summary.json.
+"""Run outputs people and programs read: metrics.jsonl, metrics.csv, summary.json, epoch lines.
 
-This module owns the format of what a run writes into its directory. Writes of whole files
-go through a temporary file and a rename, so a crash never leaves half a summary.json.
+This module owns the format of what a run writes into its directory. Every file is
+written whole through a temporary file and a rename, so a crash never leaves half a file;
+the metric files are rewritten from the run's history after each epoch, which also makes a
+resumed run's files hold exactly the epochs its checkpoint has seen.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
-import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from composeloop.engine.events import Handler, RunState, on_epoch_end, on_run_begin
+
+Rename = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 def _jsonable(value: Any) -> Any:
@@ -21,15 +28,58 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
-    """Writes `payload` as indented JSON to `path` via a temporary file and a rename."""
+def write_atomically(path: Path, text: str) -> None:
+    """Writes `text` to `path` via a temporary file, fsync and a rename."""
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w") as handle:
-        json.dump({k: _jsonable(v) for k, v in payload.items()}, handle, indent=2, default=_jsonable)
-        handle.write("\n")
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
+    """Writes `payload` as indented JSON to `path` via a temporary file and a rename."""
+    text = json.dumps({k: _jsonable(v) for k, v in payload.items()}, indent=2, default=_jsonable)
+    write_atomically(path, text + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Reads a metrics.jsonl file back."""
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_history(directory: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    """Writes metrics.jsonl (one JSON object per epoch) and metrics.csv (one row per epoch)."""
+    rows = [{k: _jsonable(v) for k, v in logs.items()} for logs in history]
+    write_atomically(directory / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_atomically(directory / "metrics.csv", _csv_text(rows))
+
+
+def metric_files(directory: Path, rename: Rename = dict) -> list[Handler]:
+    """Handlers that keep metrics.jsonl and metrics.csv equal to the run's history.
+
+    Args:
+      directory: the run directory.
+      rename: maps one epoch's logs to what the files show (e.g. shorter keys).
+    """
+
+    def write(state: RunState) -> None:
+        write_history(Path(directory), [rename(logs) for logs in state.history])
+
+    return [on_run_begin(write), on_epoch_end(write)]
 
 
 def format_epoch(logs: Mapping[str, Any], epochs: int) -> str:
@@ -41,23 +91,3 @@ def format_epoch(logs: Mapping[str, Any], epochs: int) -> str:
         parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
     parts.append(f"{logs.get('seconds', 0.0):.2f}s")
     return "  ".join(parts)
-
-
-class MetricsLog:
-    """Appends each epoch's logs to metrics.jsonl and prints its console line."""
-
-    def __init__(self, directory: Path, epochs: int, stream: TextIO | None = None) -> None:
-        self.path = Path(directory) / "metrics.jsonl"
-        self.epochs = epochs
-        self.stream = stream or sys.stdout
-
-    def __call__(self, logs: Mapping[str, Any]) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps({k: _jsonable(v) for k, v in logs.items()}) + "\n")
-        print(format_epoch(logs, self.epochs), file=self.stream, flush=True)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Reads a metrics.jsonl file back."""
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]

@@ -4,7 +4,9 @@ The apply stage is the only stage with an effect. A Keras optimizer is wrapped b
 `optimizer_apply`; any function ``(gradients, variables) -> None`` that updates the
 variables (sign-SGD, lookahead, ...) is an apply stage too. An apply stage may offer
 ``build(variables)``: the engine calls it before tracing, so that optimizer slots exist
-before the compiled step first runs (Keras 3 cannot create them inside a trace).
+before the compiled step first runs (Keras 3 cannot create them inside a trace). An apply
+stage that keeps state (slots, a step count) offers it as ``variables``, so checkpoints
+save it and a resume is exact.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class OptimizerApply:
         if not self.optimizer.built:
             self.optimizer.build(list(variables))
 
+    @property
+    def variables(self) -> list[Any]:
+        """The optimizer's state: its update count, learning rate and slots."""
+        return list(self.optimizer.variables)
+
 
 def optimizer_apply(optimizer: Any) -> OptimizerApply:
     """Wraps a Keras 3 optimizer as an apply stage for one variable group.
@@ -55,3 +62,11 @@ def build_apply(apply: Apply, variables: Sequence[tf.Variable]) -> None:
     build = getattr(apply, "build", None)
     if callable(build):
         build(variables)
+
+
+def apply_variables(apply: Apply) -> list[Any]:
+    """The state an apply stage keeps (its ``variables``), or [] for a stateless one."""
+    variables = getattr(apply, "variables", None)
+    if callable(variables):
+        variables = variables()
+    return list(variables or [])

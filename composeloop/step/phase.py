@@ -18,7 +18,7 @@ from composeloop.errors import ComposeError
 from composeloop.step.aggregate import Aggregate
 from composeloop.step.apply import Apply
 from composeloop.step.forward import Forward
-from composeloop.step.gradients import Transform, identity
+from composeloop.step.gradients import Transform, global_norm, identity
 from composeloop.step.losses import Loss
 from composeloop.step.metrics import Metric, State, merge
 from composeloop.step.records import Context, Gradients, Tensors
@@ -148,7 +148,9 @@ def run_phase(
       states: current metric states, by metric name.
 
     Returns:
-      (outputs, the phase's new metric states, logs: ``objective`` and ``applied``).
+      (outputs, the phase's new metric states, logs: ``objective``, ``grad_norm`` (of the
+      aggregated gradient, before the transforms) and ``applied``). A log nobody reads is
+      pruned from the compiled graph, so logging costs nothing unless it is used.
     """
     variables = phase_variables(phase, context.models)
     with tf.GradientTape() as tape:
@@ -161,7 +163,7 @@ def run_phase(
     update = _call_slot(phase, "transform", phase.transform, Gradients(reduced), variables, context)
     applied = context.replication.apply(phase.apply, update, variables)
     new_states = _update_metrics(phase, context, outputs, losses, states)
-    logs = {"objective": context.replication.sum(objective), "applied": applied}
+    logs = {"objective": context.replication.sum(objective), "grad_norm": global_norm(reduced), "applied": applied}
     return outputs, new_states, logs
 
 

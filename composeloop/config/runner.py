@@ -1,0 +1,203 @@
+"""A configured run of a compiled program: run directory, resume, services, summary.
+
+This module owns what every experiment (classifier, GAN, ...) shares once its program is
+compiled: which run directories may be used (``resume=auto|never``), restoring the latest
+checkpoint and the history it has seen, the loop services a config switches on
+(checkpoints, early stopping, NaN policy, stop signals, progress, metric files,
+TensorBoard, curves.png) in the order they must run, and the part of summary.json that
+every run has. Experiments add their models, data and their own outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from composeloop.config.schema import Config, Resume
+from composeloop.errors import ConfigError
+
+RESULT_FILES = ("summary.json", "metrics.jsonl")
+UNFINISHED = ("interrupted", "stopped_nonfinite")  # statuses that end the process non-zero
+
+
+def exit_code(summary: Mapping[str, Any]) -> int:
+    """0 for a finished run (also one stopped early), 128 + signal for an interrupted one, else 1."""
+    import signal
+
+    if summary.get("status") not in UNFINISHED:
+        return 0
+    name = summary.get("signal")
+    return 128 + int(signal.Signals[name]) if name else 1
+
+
+def compile_options(config: Config) -> dict[str, Any]:
+    """`compile_step` keywords every experiment takes from its config."""
+    return {
+        "steps_per_execution": config.train.steps_per_execution,
+        "jit_compile": config.train.jit_compile,
+        "seed": config.seed,
+        # raise and stop act before another step runs; skip carries on in the graph.
+        "halt_on_nonfinite": config.train.nan_policy.value != "skip",
+    }
+
+
+def checkpoint_directory(config: Config, directory: Path) -> Path:
+    return Path(config.checkpoint.directory) if config.checkpoint.directory else directory / "checkpoints"
+
+
+def has_checkpoint(config: Config, directory: Path) -> bool:
+    return (checkpoint_directory(config, directory) / "checkpoint").is_file()
+
+
+def check_run_directory(config: Config, directory: Path) -> None:
+    """Refuses a run directory whose contents this run would overwrite, before anything loads.
+
+    ``resume=auto`` continues a directory that has a checkpoint and refuses one with
+    results but no checkpoint; ``resume=never`` refuses any directory that holds a run.
+    """
+    found = [name for name in RESULT_FILES if (directory / name).exists()]
+    resumable = has_checkpoint(config, directory)
+    if config.resume is Resume.never and (found or resumable):
+        held = ", ".join(found + (["checkpoints"] if resumable else []))
+        raise ConfigError(
+            f"resume=never: {directory} already holds a run ({held}); choose another hydra.run.dir or use resume=auto"
+        )
+    if found and not resumable:
+        raise ConfigError(
+            f"hydra.run.dir: {directory} already holds a run's results ({', '.join(found)}) but no checkpoint "
+            "to resume from; choose another directory"
+        )
+
+
+@attrs.define
+class Training:
+    """What an experiment hands the runner: its program and data, and its own extras.
+
+    `log_names` shortens log keys in the files and console (e.g. ``train_d_loss`` ->
+    ``d_loss``); `images` gives TensorBoard sample images each epoch.
+    """
+
+    program: Any
+    train_data: Callable[[int], Any]
+    validation_data: Callable[[], Any] | None = None
+    handlers: Sequence[Any] = ()
+    log_names: Mapping[str, str] = attrs.Factory(dict)
+    images: Callable[[Any], Any] | None = None
+
+
+def _renamer(names: Mapping[str, str]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    return lambda logs: {names.get(key, key): value for key, value in logs.items()}
+
+
+def _restored_history(directory: Path, epochs_done: int, names: Mapping[str, str]) -> list[dict[str, Any]]:
+    from composeloop.engine.report import read_jsonl
+
+    path = directory / "metrics.jsonl"
+    if not path.exists():
+        return []
+    original = _renamer({short: long for long, short in names.items()})
+    return [original(logs) for logs in read_jsonl(path) if logs.get("epoch", 0) <= epochs_done]
+
+
+def train(config: Config, directory: Path, training: Training, write_outputs: bool = True) -> Any:
+    """Trains `training.program` with every service the config asks for; returns the RunState.
+
+    Resumes from the latest checkpoint in the run directory when there is one. A stop
+    signal, early stopping or the NaN policy may end the run early: see `state.status`.
+    """
+    from composeloop.engine import checkpoint, curves, events, progress, report, stopping, tensorboard
+    from composeloop.engine.loop import run_loop
+
+    program = training.program
+    checkpoints = checkpoint.Checkpoints(
+        checkpoint_directory(config, directory), program, keep=config.checkpoint.keep, write=write_outputs
+    )
+    state = events.RunState(program, config.train.epochs)
+    if checkpoints.latest is not None:
+        checkpoints.restore_latest(state)
+        state.history = _restored_history(directory, state.epoch, training.log_names)
+        state.extras["resumed_from_step"] = state.step
+    signals = stopping.SignalStop()
+    rename = _renamer(training.log_names)
+
+    def save_unless_nonfinite(state: events.RunState) -> None:
+        if state.status != "stopped_nonfinite":
+            _save_once(checkpoints, state)
+
+    handlers = [*stopping.nan_policy(config.train.nan_policy.value), *signals.handlers()]
+    if write_outputs:
+        handlers += progress.progress(interactive=config.report.progress_bar, rename=rename)
+        handlers += report.metric_files(directory, rename)
+        if config.report.tensorboard:
+            handlers += tensorboard.tensorboard(
+                directory / "tensorboard", config.report.tensorboard_every_steps, training.images
+            )
+    handlers += list(training.handlers)
+    stop = config.early_stopping
+    if stop.patience is not None:
+        handlers += stopping.early_stopping(
+            stop.monitor, stop.patience, stop.mode.value, stop.min_delta, on_improve=checkpoints.save_best
+        )
+    if config.checkpoint.every_steps:
+        handlers.append(events.every_steps(config.checkpoint.every_steps, lambda s: _save_once(checkpoints, s)))
+    every_epochs = config.checkpoint.every_epochs
+    handlers.append(events.on_epoch_end(lambda s: s.epoch % every_epochs == 0 and _save_once(checkpoints, s)))
+    handlers.append(events.on_run_end(save_unless_nonfinite))
+    if stop.patience is not None and stop.restore_best:
+        handlers.append(events.on_run_end(lambda s: _restore_best(checkpoints, s)))
+    if write_outputs and config.report.curves:
+        handlers.append(curves.curves(directory / "curves.png", title=f"{config.experiment} ({directory.name})"))
+    with signals.installed():
+        return run_loop(
+            program,
+            training.train_data,
+            epochs=config.train.epochs,
+            validation_data=training.validation_data,
+            handlers=handlers,
+            state=state,
+        )
+
+
+def _save_once(checkpoints: Any, state: Any) -> None:
+    """Saves unless this exact position was just saved (a step period can end an epoch)."""
+    position = (state.step, state.epoch, state.batch)
+    if state.extras.get("saved_at") != position:
+        checkpoints.save(state)
+        state.extras["saved_at"] = position
+
+
+def _restore_best(checkpoints: Any, state: Any) -> None:
+    if checkpoints.latest_best is not None:
+        checkpoints.restore(checkpoints.latest_best, models_only=True)
+        state.extras["restored_best"] = True
+
+
+def summary(config: Config, state: Any, started: float, log_names: Mapping[str, str] = {}) -> dict[str, Any]:  # noqa: B006
+    """The part of summary.json every run has: status, progress, final metrics, counters."""
+    from composeloop.engine.stopping import best_epoch
+
+    program = state.program
+    last = {log_names.get(k, k): v for k, v in state.logs.items() if k != "epoch"}
+    monitor = config.early_stopping.monitor
+    best = best_epoch(state.history, monitor, config.early_stopping.mode.value, config.early_stopping.min_delta)
+    result = {
+        "experiment": config.experiment,
+        "status": state.status,
+        "reason": state.reason,
+        "epochs": len(state.history),
+        "steps": state.step,
+        "metrics": last,
+        "best_epoch": None if best is None else best + 1,
+        f"best_{monitor}": None if best is None else state.history[best][monitor],
+        "nonfinite_steps": int(program.nonfinite_steps),
+        "withheld_updates": int(program.withheld_updates),
+        "resumed_from_step": state.extras.get("resumed_from_step"),
+        **({"signal": state.extras["signal"]} if "signal" in state.extras else {}),
+        "traces": program.trace_counts,
+        "wall_s": time.perf_counter() - started,
+    }
+    return result

@@ -1,0 +1,63 @@
+"""curves.png: a run's train and validation curves, one panel per metric.
+
+This module owns the picture a person opens after a run. It reads only the epoch history
+(so it can be redrawn from metrics.jsonl) and draws with matplotlib's file-only backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from composeloop.engine.events import Handler, on_run_end
+
+_PREFIXES = {"train_": "train", "val_": "validation"}
+
+
+def _series(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for logs in history:
+        for key, value in logs.items():
+            prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
+            if prefix is None or not isinstance(value, int | float):
+                continue
+            panel = panels.setdefault(key.removeprefix(prefix), {})
+            panel.setdefault(_PREFIXES[prefix], []).append((int(logs["epoch"]), float(value)))
+    return panels
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> None:
+    """Draws each metric's train and validation values against the epoch into `path` (PNG).
+
+    Example:
+      >>> plot_curves(read_jsonl(run_dir / "metrics.jsonl"), run_dir / "curves.png")
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = _series(history)
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.4), squeeze=False)
+    for axis, (metric, lines) in zip(axes[0], sorted(panels.items()), strict=False):
+        for label, points in lines.items():
+            epochs, values = zip(*points, strict=True)
+            axis.plot(epochs, values, marker="o", markersize=3, label=label)
+        axis.set_title(metric)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def curves(path: Path, title: str = "") -> Handler:
+    """A run-end handler that draws the history into `path` (also when the run was stopped)."""
+    return on_run_end(lambda state: plot_curves(state.history, Path(path), title))

@@ -1,0 +1,176 @@
+"""Reasons to end a run early: no improvement, a non-finite loss, a stop signal.
+
+This module owns three loop services, each a list of event handlers: early stopping (a
+pure function of the epoch history, so a resumed run stops exactly where a straight one
+would), the NaN policy (raise, skip or stop on a non-finite loss), and turning SIGTERM and
+SIGINT into a stop request that lets the current step finish and the run save its state.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from composeloop.engine.events import Handler, RunState, on_chunk, on_epoch_end, on_run_begin
+from composeloop.errors import ConfigError, NonFiniteLossError
+
+
+class Mode(enum.Enum):
+    min = "min"
+    max = "max"
+    auto = "auto"  # max for accuracies and scores, min for everything else
+
+
+def resolve_mode(monitor: str, mode: Mode | str) -> Mode:
+    mode = Mode(mode) if isinstance(mode, str) else mode
+    if mode is not Mode.auto:
+        return mode
+    return Mode.max if any(word in monitor for word in ("acc", "score", "quality", "confidence")) else Mode.min
+
+
+def best_epoch(
+    history: Sequence[Mapping[str, Any]], monitor: str, mode: Mode | str = Mode.auto, min_delta: float = 0.0
+) -> int | None:
+    """The index in `history` of the best epoch by `monitor`: the last one that improved on
+    every earlier best by more than `min_delta`. None when no epoch logged it."""
+    sign = 1.0 if resolve_mode(monitor, mode) is Mode.max else -1.0
+    best_index, best_value = None, None
+    for index, logs in enumerate(history):
+        value = logs.get(monitor)
+        if not isinstance(value, int | float) or value != value:  # missing or NaN never improves
+            continue
+        if best_value is None or sign * (value - best_value) > min_delta:
+            best_index, best_value = index, value
+    return best_index
+
+
+def early_stopping(
+    monitor: str,
+    patience: int,
+    mode: Mode | str = Mode.auto,
+    min_delta: float = 0.0,
+    on_improve: Callable[[RunState], Any] | None = None,
+) -> list[Handler]:
+    """Stops the run when `monitor` has not improved for `patience` epochs.
+
+    Args:
+      monitor: a log key, e.g. "val_loss" or "val_accuracy".
+      patience: epochs without improvement before stopping (>= 1).
+      mode: "min", "max" or "auto" (max for accuracies and scores).
+      min_delta: the smallest change that counts as an improvement.
+      on_improve: called with the state after an epoch that is the best so far (e.g. to
+        save the best checkpoint).
+
+    Returns:
+      Handlers: one that checks `monitor` is logged before training, one per epoch.
+
+    Example:
+      >>> stop = early_stopping("val_loss", patience=3)
+      >>> fit(program, data, epochs=100, validation_data=val, handlers=stop)
+    """
+    if patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
+
+    def decide(state: RunState) -> None:
+        best = best_epoch(state.history, monitor, mode, min_delta)
+        if best is None:
+            return
+        state.extras["best_epoch"] = best + 1
+        state.extras["best_" + monitor] = state.history[best][monitor]
+        waited = len(state.history) - 1 - best
+        if waited >= patience:
+            state.stop("stopped_early", f"{monitor} has not improved for {waited} epochs")
+
+    def check_and_decide(state: RunState) -> None:
+        if state.log_keys and monitor not in state.log_keys:
+            raise ConfigError(
+                f"early_stopping.monitor: '{monitor}' is not logged; logged: {', '.join(state.log_keys)}"
+            )
+        decide(state)  # a resumed run may already have waited long enough
+
+    def after_epoch(state: RunState) -> None:
+        decide(state)
+        if on_improve is not None and state.extras.get("best_epoch") == len(state.history):
+            on_improve(state)
+
+    return [on_run_begin(check_and_decide), on_epoch_end(after_epoch)]
+
+
+class NanPolicy(enum.Enum):
+    raise_ = "raise"
+    skip = "skip"
+    stop = "stop"
+
+
+def nan_policy(policy: NanPolicy | str) -> list[Handler]:
+    """What the loop does after a step whose loss is not finite.
+
+    The step's update itself is withheld by the gradient transforms (`skip_nonfinite`);
+    this decides what happens next. "raise": a `NonFiniteLossError` naming the step.
+    "skip": carry on (the program counts such steps in `nonfinite_steps`). "stop": end the
+    run with status "stopped_nonfinite", keeping the last checkpoint saved before it. With
+    "raise" and "stop", compile the program with ``halt_on_nonfinite=True`` so that no
+    further step runs first.
+    """
+    policy = NanPolicy(policy) if isinstance(policy, str) else policy
+    seen = {"count": 0}
+
+    def remember(state: RunState) -> None:
+        seen["count"] = int(state.program.nonfinite_steps)
+
+    def check(state: RunState) -> None:
+        count = int(state.program.nonfinite_steps)
+        if count == seen["count"] or policy is NanPolicy.skip:
+            return
+        seen["count"] = count
+        step = int(state.program.last_nonfinite_step)
+        what = f"the loss was not finite at step {step}; its update was not applied"
+        if policy is NanPolicy.raise_:
+            raise NonFiniteLossError(f"train.nan_policy=raise: {what}")
+        state.stop("stopped_nonfinite", what)
+
+    return [on_run_begin(remember), on_chunk(check)]
+
+
+class SignalStop:
+    """Turns SIGTERM and SIGINT into a stop request, while the `installed()` block runs.
+
+    The step in flight finishes, the run's end handlers save a checkpoint and a summary,
+    and `received` tells which signal arrived. A second signal restores the default
+    behaviour and delivers it, so a stuck run can still be killed with a second Ctrl-C.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+
+    def _on_signal(self, number: int, frame: Any) -> None:
+        if self.received is not None:
+            signal.signal(number, signal.SIG_DFL)
+            signal.raise_signal(number)
+        self.received = signal.Signals(number)
+
+    @contextmanager
+    def installed(self) -> Iterator[SignalStop]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals can only be caught on the main thread
+            return
+        previous = {number: signal.signal(number, self._on_signal) for number in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def handlers(self) -> list[Handler]:
+        def check(state: RunState) -> None:
+            if self.received is not None:
+                state.extras["signal"] = self.received.name
+                state.stop("interrupted", f"{self.received.name} at step {state.step}")
+
+        return [on_run_begin(check), on_chunk(check)]
