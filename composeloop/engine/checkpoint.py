@@ -24,6 +24,12 @@ from composeloop.errors import CheckpointError
 
 _SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _SHOWN_DIFFERENCES = 4
+_BOOKKEEPING = {"save_counter"}  # tf.train.Checkpoint's own
+
+
+def _escaped(name: str) -> str:
+    """A name as TensorFlow spells it in checkpoint keys ("." doubled, "/" as ".S")."""
+    return name.replace(".", "..").replace("/", ".S")
 
 
 def _first_line(error: BaseException) -> str:
@@ -103,7 +109,7 @@ class Checkpoints:
         except (tf.errors.OpError, ValueError) as error:
             raise CheckpointError(f"checkpoint {path} cannot be read: {_first_line(error)}") from None
         wanted = {
-            f"{group}/{key}": (tuple(variable.shape), getattr(variable, "path", variable.name))
+            f"{_escaped(group)}/{_escaped(key)}": (tuple(variable.shape), getattr(variable, "path", variable.name))
             for group, variables in self.groups.items()
             for key, variable in variables.items()
         }
@@ -113,7 +119,8 @@ class Checkpoints:
                 found.append(f"{key} ({name}) is not in the checkpoint")
             elif saved[key] != shape:
                 found.append(f"{key} ({name}) has shape {list(saved[key])} there but {list(shape)} here")
-        found += [f"{key} is in the checkpoint but not in this run" for key in saved if key not in wanted]
+        extra = [key for key in saved if key not in wanted and key not in _BOOKKEEPING]
+        found += [f"{key} is in the checkpoint but not in this run" for key in extra]
         return found
 
     def restore(self, path: str, models_only: bool = False) -> tuple[int, int]:
@@ -121,7 +128,7 @@ class Checkpoints:
 
         Raises:
           CheckpointError: the checkpoint is unreadable, or does not fit the program (the
-            message names the first few variables that differ); nothing was assigned.
+            message names the first few variables that differ; then nothing was assigned).
         """
         differences = self.differences(path)
         if differences:
@@ -131,12 +138,10 @@ class Checkpoints:
             raise CheckpointError(f"checkpoint {path} does not fit this run: {shown}{extra}")
         groups = {k: v for k, v in self.groups.items() if k.startswith("model_")} if models_only else self.groups
         try:
+            # `differences` has checked that every variable is there with its shape.
             status = tf.train.Checkpoint(**groups).read(path)
-            if models_only:
-                status.expect_partial()
-            else:
-                status.assert_consumed()
-        except (tf.errors.OpError, AssertionError, ValueError) as error:
+            status.expect_partial().assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError, OSError) as error:
             raise CheckpointError(f"checkpoint {path} cannot be read: {_first_line(error)}") from None
         return int(self.position["epoch"]), int(self.position["batch"])
 
