@@ -89,7 +89,7 @@ def test_resume_mid_epoch_equals_a_straight_run(tmp_path):
 
     resumed, resumed_model = program_for(seed=5, spe=3)  # other initial weights: the restore must win
     state = Checkpoints(tmp_path / "ckpt", resumed).restore_latest(RunState(resumed, 3))
-    state.history = stopped.history
+    assert state.history == stopped.history and state.extras["resumed_from_step"] == 7
     final = run_loop(resumed, train_data, epochs=3, validation_data=val_data, state=state)
 
     assert final.step == reference.step == 15

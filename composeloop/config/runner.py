@@ -93,16 +93,6 @@ def _renamer(names: Mapping[str, str]) -> Callable[[Mapping[str, Any]], dict[str
     return lambda logs: {names.get(key, key): value for key, value in logs.items()}
 
 
-def _restored_history(directory: Path, epochs_done: int, names: Mapping[str, str]) -> list[dict[str, Any]]:
-    from composeloop.engine.report import read_jsonl
-
-    path = directory / "metrics.jsonl"
-    if not path.exists():
-        return []
-    original = _renamer({short: long for long, short in names.items()})
-    return [original(logs) for logs in read_jsonl(path) if logs.get("epoch", 0) <= epochs_done]
-
-
 def train(config: Config, directory: Path, training: Training, write_outputs: bool = True) -> Any:
     """Trains `training.program` with every service the config asks for; returns the RunState.
 
@@ -117,10 +107,7 @@ def train(config: Config, directory: Path, training: Training, write_outputs: bo
         checkpoint_directory(config, directory), program, keep=config.checkpoint.keep, write=write_outputs
     )
     state = events.RunState(program, config.train.epochs)
-    if checkpoints.latest is not None:
-        checkpoints.restore_latest(state)
-        state.history = _restored_history(directory, state.epoch, training.log_names)
-        state.extras["resumed_from_step"] = state.step
+    checkpoints.restore_latest(state)  # position and history; metric files are rewritten from it
     signals = stopping.SignalStop()
     rename = _renamer(training.log_names)
 

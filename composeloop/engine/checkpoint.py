@@ -1,7 +1,7 @@
 """Checkpoints of a program: rolling ones to resume from, and the best one kept apart.
 
 This module owns what a checkpoint holds (every model, every apply stage's state, the
-counters, the metric states, and the data position: epoch and batch), where checkpoints
+counters, the metric states, the data position: epoch and batch, and the epoch history), where checkpoints
 live (``checkpoints/`` and ``checkpoints/best/``), and the checks before a restore: a
 checkpoint that does not fit the program is refused with the variables that differ, before
 anything is assigned, and nothing is deleted or overwritten on the way.
@@ -13,6 +13,7 @@ SIGKILL during a save leaves the previous checkpoint as the latest readable one.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class Checkpoints:
         self.position = {
             "epoch": tf.Variable(0, dtype=tf.int64, trainable=False, name="position_epoch"),
             "batch": tf.Variable(0, dtype=tf.int64, trainable=False, name="position_batch"),
+            # The epoch records so far, as JSON: early stopping and the metric files resume from them.
+            "history": tf.Variable("[]", dtype=tf.string, trainable=False, name="position_history"),
         }
         self.groups = {**program.checkpoint_variables(), "position": self.position}
         self.checkpoint = tf.train.Checkpoint(**self.groups)
@@ -78,6 +81,7 @@ class Checkpoints:
     def _save(self, manager: tf.train.CheckpointManager, state: RunState) -> str:
         self.position["epoch"].assign(state.epoch)
         self.position["batch"].assign(state.batch)
+        self.position["history"].assign(json.dumps(state.history, default=str))
         try:
             return manager.save(checkpoint_number=state.step)
         except (OSError, tf.errors.OpError) as error:
@@ -146,7 +150,9 @@ class Checkpoints:
         return int(self.position["epoch"]), int(self.position["batch"])
 
     def restore_latest(self, state: RunState) -> RunState:
-        """Moves `state` to the latest rolling checkpoint's position, if there is one."""
+        """Moves `state` to the latest rolling checkpoint's position and history, if there is one."""
         if self.latest is not None:
             state.epoch, state.batch = self.restore(self.latest)
+            state.history = json.loads(self.position["history"].numpy().decode())
+            state.extras["resumed_from_step"] = state.step
         return state

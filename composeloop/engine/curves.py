@@ -28,8 +28,12 @@ def _series(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[tu
     return panels
 
 
-def plot_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> None:
+def plot_curves(
+    history: Sequence[Mapping[str, Any]], path: Path, title: str = "", best_epoch: int | None = None
+) -> None:
     """Draws each metric's train and validation values against the epoch into `path` (PNG).
+
+    `best_epoch` (1-based), when given, is marked in every panel.
 
     Example:
       >>> plot_curves(read_jsonl(run_dir / "metrics.jsonl"), run_dir / "curves.png")
@@ -45,6 +49,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str = "
         for label, points in lines.items():
             epochs, values = zip(*points, strict=True)
             axis.plot(epochs, values, marker="o", markersize=3, label=label)
+        if best_epoch is not None:
+            axis.axvline(best_epoch, color="gray", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
         axis.set_title(metric)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
@@ -60,4 +66,4 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str = "
 
 def curves(path: Path, title: str = "") -> Handler:
     """A run-end handler that draws the history into `path` (also when the run was stopped)."""
-    return on_run_end(lambda state: plot_curves(state.history, Path(path), title))
+    return on_run_end(lambda state: plot_curves(state.history, Path(path), title, state.extras.get("best_epoch")))

@@ -82,7 +82,7 @@ def early_stopping(
         state.extras["best_epoch"] = best + 1
         state.extras["best_" + monitor] = state.history[best][monitor]
         waited = len(state.history) - 1 - best
-        if waited >= patience:
+        if waited >= patience and state.epoch < state.epochs:  # at the last epoch the run is complete anyway
             state.stop("stopped_early", f"{monitor} has not improved for {waited} epochs")
 
     def check_and_decide(state: RunState) -> None:
