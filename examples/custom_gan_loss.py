@@ -79,11 +79,16 @@ def main(epochs: int, classifier_epochs: int, samples: int, seed: int = 0) -> di
     )
     untrained = parts.generate_images(models["generator"], parts.fixed_latents(samples, LATENT, seed + 1))
     program = compile_step(step, steps_per_execution=32, seed=seed)
+
+    def report(logs: dict) -> None:
+        if logs["epoch"] == 1 or logs["epoch"] % 20 == 0:
+            print(format_epoch(logs, epochs))
+
     fit(
         program,
         lambda epoch: batches(x_train, data.y_train, 64, seed=seed, epoch=epoch),
         epochs=epochs,
-        on_epoch_end=[lambda logs: logs["epoch"] % 20 and logs["epoch"] > 1 or print(format_epoch(logs, epochs))],
+        on_epoch_end=[report],
     )
 
     # Score samples as composeloop's GAN experiment does: a digit classifier's confidence.
