@@ -37,7 +37,8 @@ def test_adaptive_clip_bounds_each_unit_and_keeps_small_ones_and_the_apply_flag(
     grads = cs.Gradients([tf.constant([[10.0, 0.01], [10.0, 0.01], [10.0, 0.01]]), tf.constant([5.0, 0.01])], False)
     out = ex.adaptive_clip(0.1)(grads, [kernel, bias], None)
     # unit norms of W: sqrt(3) per kernel column, 1 per bias element
-    np.testing.assert_allclose(ex.unit_norms(out.values[0]).numpy()[0], [0.1 * np.sqrt(3), np.sqrt(3) * 0.01], rtol=1e-5)
+    kernel_norms = ex.unit_norms(out.values[0]).numpy()[0]
+    np.testing.assert_allclose(kernel_norms, [0.1 * np.sqrt(3), np.sqrt(3) * 0.01], rtol=1e-5)
     np.testing.assert_allclose(out.values[1].numpy(), [0.1, 0.01], rtol=1e-5)
     assert out.apply is False
 
@@ -79,7 +80,8 @@ def test_corridor_pays_the_cued_end_minus_move_costs_and_stops_there():
 
     cue, start = tf.constant([1, 0, 1]), tf.constant([3, 3, 5])
     episode = ex.rollout(always_right, cue, start, tf.constant([0, 0], tf.int64))
-    np.testing.assert_allclose(episode["score"].numpy(), [1 - 3 * ex.MOVE_COST, -1 - 3 * ex.MOVE_COST, 1 - ex.MOVE_COST])
+    cost = ex.MOVE_COST
+    np.testing.assert_allclose(episode["score"].numpy(), [1 - 3 * cost, -1 - 3 * cost, 1 - cost])
     np.testing.assert_array_equal(episode["alive"].numpy().sum(axis=1), [3, 3, 1])
     assert episode["return"][2, 0].numpy() == pytest.approx(1 - ex.MOVE_COST)
 
@@ -101,8 +103,9 @@ def test_activity_metric_reports_what_model_losses_adds():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), ex.ActivityL1(0.5)])
     x = tf.random.normal([5, 3], seed=2)
-    context = cs.Context({"x": x}, {"model": model}, True, tf.constant([0, 0], tf.int64), tf.constant(0, tf.int64),
-                         tf.constant(5.0))
+    context = cs.Context(
+        {"x": x}, {"model": model}, True, tf.constant([0, 0], tf.int64), tf.constant(0, tf.int64), tf.constant(5.0)
+    )
     hidden = model(x)
     metric = ex.model_losses_metric("penalty")
     state = metric.update(metric.empty(), context, {}, {})
