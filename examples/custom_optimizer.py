@@ -26,7 +26,6 @@ from composeloop.engine import compile_step, fit
 from composeloop.engine.report import format_epoch
 from composeloop.parts.data import batches, digits
 from composeloop.parts.models import mlp
-from composeloop.parts.recipes import classifier_phase
 
 
 @attrs.define
@@ -57,8 +56,15 @@ def main(epochs: int, seed: int = 0) -> dict:
     keras.utils.set_random_seed(seed)
     model = mlp(data.example_shape, 10, width=128, depth=1)
     apply = signum(learning_rate=1e-3, beta=0.9)
-    # The classifier recipe's phase is an attrs record: swap in our apply stage and a transform.
-    phase = attrs.evolve(classifier_phase(keras.optimizers.SGD()), apply=apply, transform=cs.skip_nonfinite())
+    phase = cs.Phase(  # the stages' defaults read batch "x" and "y" and call model "model"
+        name="signum",
+        forward=cs.call_model(),
+        loss=cs.sparse_categorical_crossentropy(),
+        aggregate=cs.global_mean(),
+        apply=apply,
+        transform=cs.skip_nonfinite(),
+        metrics=(cs.mean_loss(), cs.accuracy()),
+    )
     program = compile_step(cs.compose(phase, models={"model": model}), steps_per_execution=16, seed=seed)
     history = fit(
         program,

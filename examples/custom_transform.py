@@ -2,7 +2,7 @@
 
 Two user-written transforms, each a small factory returning a function:
 `centralise()` (gradient centralisation: every weight gradient gets the mean over its
-fan-in removed) is a one-liner over the gradient list via `map_gradients`;
+fan-in removed) is a function of the gradient list, lifted by `map_gradients`;
 `adaptive_clip(0.05)` (adaptive gradient clipping: a unit's gradient norm is held to a
 fraction of that unit's weight norm) needs the variables too, so it is written against
 the full transform signature ``(Gradients, variables, context) -> Gradients``. Both run
