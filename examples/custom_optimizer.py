@@ -4,7 +4,8 @@
 ``m <- beta * m + (1 - beta) * g``, then ``w <- w - learning_rate * sign(m)``. An apply
 stage is any callable ``(gradients, variables) -> None`` that updates the variables. One
 with state also offers ``build(variables)``: the engine calls it before tracing, because
-variables (here the momentum slots) cannot be created inside a `tf.function`.
+variables (here the momentum slots) cannot be created inside a `tf.function`. Its
+``variables`` are its state: checkpoints save them, so a resumed run is exact.
 
 The stage never looks at `Gradients.apply`: the engine calls it only when the update is
 to be applied, so a step withheld by `skip_nonfinite()` (or any transform) leaves both the
@@ -39,6 +40,10 @@ class Signum:
     def build(self, variables) -> None:
         if not self.momentum:
             self.momentum = [tf.Variable(tf.zeros_like(v), trainable=False, name="momentum") for v in variables]
+
+    @property
+    def variables(self) -> list:
+        return self.momentum
 
     def __call__(self, gradients, variables) -> None:
         for g, m, v in zip(gradients, self.momentum, variables, strict=True):

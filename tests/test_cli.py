@@ -130,6 +130,10 @@ def _labels_beyond_classes(directory: Path) -> None:
     write_npz(directory / "twelve.npz", labels_up_to=12)
 
 
+def _a_file_where_a_directory_should_be(directory: Path) -> None:
+    (directory / "taken").write_text("a file, not a directory")
+
+
 slow = pytest.mark.slow  # the case loads TensorFlow before it can fail
 
 BAD_INPUT = [
@@ -152,6 +156,20 @@ BAD_INPUT = [
     ),
     pytest.param(
         ["model=cnn", "data=synthetic", "data.synthetic_shape=[5]"], None, ["(5,)"], id="cnn-on-1d-data", marks=slow
+    ),
+    pytest.param(
+        ["data=synthetic", "checkpoint.directory=taken/checkpoints"],
+        _a_file_where_a_directory_should_be,
+        ["checkpoint directory taken/checkpoints is not writable"],
+        id="checkpoint-directory-not-writable",
+        marks=slow,
+    ),
+    pytest.param(["train.nan_policy=ignore"], None, ["train.nan_policy"], id="unknown-nan-policy"),
+    pytest.param(
+        ["optimizer.schedule=cosine", "optimizer.min_learning_rate=1"],
+        None,
+        ["optimizer.min_learning_rate", "below optimizer.learning_rate"],
+        id="schedule-floor-above-peak",
     ),
 ]
 
