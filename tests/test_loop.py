@@ -214,3 +214,23 @@ def test_schedules():
 
 def test_event_kinds_are_the_documented_ones():
     assert [e.value for e in Event] == ["run_begin", "epoch_begin", "chunk", "steps", "epoch_end", "run_end"]
+
+
+def test_progress_bar_on_a_terminal_and_epoch_lines_elsewhere(monkeypatch):
+    import io
+
+    from composeloop.engine import progress as progress_module
+
+    monkeypatch.setattr(progress_module, "_REDRAW_SECONDS", 0.0)  # draw after every chunk
+    program, _ = program_for()
+    terminal, log = io.StringIO(), io.StringIO()
+    handlers = [
+        *progress_module.progress(terminal, interactive=True),
+        *progress_module.progress(log, interactive=False),
+    ]
+    run_loop(program, train_data, epochs=2, validation_data=val_data, handlers=handlers)
+    assert log.getvalue().count("\n") == 2 and log.getvalue().startswith("epoch 1/2  train_loss")
+    assert "\r" not in log.getvalue()
+    drawn = terminal.getvalue().split("\r")
+    assert any("epoch 1/2 3/5 [" in part and "steps/s" in part and "ETA 0:00:" in part for part in drawn)
+    assert any("train_loss" in part and "step 8" in part for part in drawn)
