@@ -42,6 +42,7 @@ def compile_options(config: Config) -> dict[str, Any]:
         "seed": config.seed,
         # raise and stop act before another step runs; skip carries on in the graph.
         "halt_on_nonfinite": config.train.nan_policy.value != "skip",
+        "record_logs": config.report.tensorboard,
     }
 
 

@@ -86,10 +86,11 @@ class Program:
     Build it with `compile_step`. Its state (global step, metric states, the models'
     and optimizers' variables) lives in variables, so it can be checkpointed.
 
-    A training step whose objective is not finite is counted in `nonfinite_steps` (its
-    step number in `last_nonfinite_step`); with `halt_on_nonfinite` the compiled loop
-    returns right after it, so the Python loop can act before another step runs. The last
-    step's objective and gradient norm per phase are kept in `last_logs`.
+    A training step whose objective is not finite is counted in `nonfinite_steps`; with
+    `halt_on_nonfinite` the compiled loop returns right after it (so it was step
+    ``global_step - 1``) and the Python loop can act before another step runs. With
+    `record_logs`, the last step's objective and gradient norm per phase are kept in
+    `last_logs` (for TensorBoard); without, they are pruned from the graph.
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class Program:
         jit_compile: bool = False,
         seed: int = 0,
         halt_on_nonfinite: bool = False,
+        record_logs: bool = False,
     ) -> None:
         if steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
@@ -109,13 +111,13 @@ class Program:
         self.jit_compile = jit_compile
         self.seed = seed
         self.halt_on_nonfinite = halt_on_nonfinite
+        self.record_logs = record_logs
         self.replication = replication_for(self.strategy)
         self.traces = TraceCounter()
         with self.strategy.scope():
             self.global_step = _counter("global_step")
             self.withheld_updates = _counter("withheld_updates")
             self.nonfinite_steps = _counter("nonfinite_steps")
-            self.last_nonfinite_step = _counter("last_nonfinite_step", initial=-1)
             self.last_logs = {
                 f"{phase.name}/{key}": _counter(f"last_{phase.name}_{key}", tf.float32)
                 for phase in step.phases
@@ -154,13 +156,13 @@ class Program:
         withheld = [tf.cast(tf.logical_not(v), tf.int64) for k, v in logs.items() if k.endswith("/applied")]
         if withheld:
             self.withheld_updates.assign_add(tf.add_n(withheld))
-        finite = [tf.reduce_all(tf.math.is_finite(v)) for k, v in logs.items() if k.endswith("/objective")]
-        if finite:
-            nonfinite = tf.logical_not(tf.reduce_all(tf.stack(finite)))
-            self.nonfinite_steps.assign_add(tf.cast(nonfinite, tf.int64))
-            self.last_nonfinite_step.assign(tf.where(nonfinite, self.global_step, self.last_nonfinite_step))
-        for name, variable in self.last_logs.items():
-            variable.assign(tf.cast(logs[name], tf.float32))
+        objectives = [v for k, v in logs.items() if k.endswith("/objective")]
+        if objectives:
+            finite = tf.math.is_finite(tf.add_n([tf.cast(v, tf.float32) for v in objectives]))
+            self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        if self.record_logs:
+            for name, variable in self.last_logs.items():
+                variable.assign(tf.cast(logs[name], tf.float32))
 
     def _evaluate_on_batch(self, batch: Mapping[str, tf.Tensor]) -> None:
         states = _read(self.metric_states["eval"])
@@ -252,7 +254,6 @@ class Program:
             "global_step": self.global_step,
             "withheld_updates": self.withheld_updates,
             "nonfinite_steps": self.nonfinite_steps,
-            "last_nonfinite_step": self.last_nonfinite_step,
         }
         for kind, metrics in self.metric_states.items():
             groups[f"metrics_{kind}"] = {
@@ -273,6 +274,7 @@ def compile_step(
     jit_compile: bool = False,
     seed: int = 0,
     halt_on_nonfinite: bool = False,
+    record_logs: bool = False,
 ) -> Program:
     """Compiles a `Step` into one training and one evaluation `tf.function`.
 
@@ -285,6 +287,8 @@ def compile_step(
       seed: the run seed that every stage's stateless seed derives from.
       halt_on_nonfinite: end a `train` call right after a step whose objective is not
         finite (see `Program`), instead of running the rest of the chunk.
+      record_logs: keep the last step's objective and gradient norm per phase in
+        `Program.last_logs` (TensorBoard reads them).
 
     Returns:
       A `Program`.
@@ -293,4 +297,4 @@ def compile_step(
       >>> program = compile_step(step, steps_per_execution=8)
       >>> program.train(iter(dataset))
     """
-    return Program(step, strategy, steps_per_execution, jit_compile, seed, halt_on_nonfinite)
+    return Program(step, strategy, steps_per_execution, jit_compile, seed, halt_on_nonfinite, record_logs)

@@ -127,8 +127,10 @@ def nan_policy(policy: NanPolicy | str) -> list[Handler]:
         if count == seen["count"] or policy is NanPolicy.skip:
             return
         seen["count"] = count
-        step = int(state.program.last_nonfinite_step)
-        what = f"the loss was not finite at step {step}; its update was not applied"
+        # A halting program returns right after the bad step; without halting, the chunk's.
+        what = f"the loss was not finite at step {state.step - 1}; its update was not applied"
+        if not state.program.halt_on_nonfinite:
+            what = f"the loss was not finite in the steps up to {state.step - 1}; their updates were not applied"
         if policy is NanPolicy.raise_:
             raise NonFiniteLossError(f"train.nan_policy=raise: {what}")
         state.stop("stopped_nonfinite", what)

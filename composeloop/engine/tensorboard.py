@@ -63,7 +63,8 @@ def learning_rates(program: Program) -> dict[str, float]:
 
 def _step_scalars(program: Program) -> dict[str, float]:
     scalars = {f"learning_rate/{phase}": rate for phase, rate in learning_rates(program).items()}
-    for name, variable in program.last_logs.items():
+    recorded = program.last_logs if program.record_logs else {}
+    for name, variable in recorded.items():
         phase, key = name.split("/", 1)
         scalars[f"{key}/{phase}"] = float(variable)
     return scalars
@@ -73,7 +74,8 @@ def tensorboard(directory: Path, every: int | None = None, images: Images | None
     """Handlers writing TensorBoard event files under `directory`.
 
     Args:
-      directory: the event files' root; ``train/`` and ``validation/`` go below it.
+      directory: the event files' root; ``train/`` and ``validation/`` go below it. The
+        gradient norms are recorded when the program was compiled with `record_logs`.
       every: also record the last step's objective, gradient norm and learning rate every
         `every` global steps; None: only at epoch ends.
       images: state -> images (n, height, width, channels) in [0, 1], recorded each epoch.
