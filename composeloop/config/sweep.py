@@ -190,9 +190,10 @@ def read_job(job_dir: Path, *, missing: str = "failed") -> dict[str, Any]:
         summary = {"metrics": history[-1] if history else {}}
     else:
         status, error = str(summary.get("status", "completed")), str(summary.get("error") or "")
+    reported = {**(summary.get("metrics") or {}), **{key: summary[key] for key in QUALITY_KEYS if key in summary}}
     metrics = {
         name: number
-        for name, value in {**(summary.get("metrics") or {}), **{k: summary[k] for k in QUALITY_KEYS if k in summary}}.items()
+        for name, value in reported.items()
         if name not in SKIPPED_METRICS and (number := _number(value)) is not None
     }
     metric = main_metric(metrics)
