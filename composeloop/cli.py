@@ -153,7 +153,7 @@ def _job(tree: DictConfig) -> dict[str, Any]:
         line = one_line(error)
         print(f"composeloop: error: job {HydraConfig.get().job.num}: {line}", file=sys.stderr, flush=True)
         if not had_summary:  # never mark an earlier run's results as this job's failure
-            sweep.record_failure(directory, line, time.perf_counter() - started)
+            sweep.record_failure(directory, line, time.perf_counter() - started, tree.get("experiment"))
         return {"status": "failed", "error": line}
     print(f"composeloop: {config.experiment} finished in {summary['wall_s']:.1f}s; outputs in {directory}")
     if multirun and summary.get("status") == "interrupted":

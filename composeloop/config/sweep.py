@@ -84,7 +84,7 @@ def fresh_state(seed: int) -> None:
     tf.random.set_global_generator(tf.random.Generator.from_seed(seed))
 
 
-def record_failure(directory: Path, error: str, wall_s: float) -> None:
+def record_failure(directory: Path, error: str, wall_s: float, experiment: str | None = None) -> None:
     """Marks the run in `directory` as failed with its one-line `error` in summary.json.
 
     Keys the experiment already wrote there are kept; `status`, `error` and (when absent)
@@ -99,6 +99,8 @@ def record_failure(directory: Path, error: str, wall_s: float) -> None:
     summary = _read_json(path) or {}
     summary.update(status="failed", error=summary.get("error") or error)
     summary.setdefault("wall_s", wall_s)
+    if experiment is not None:
+        summary.setdefault("experiment", experiment)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(path, summary)
 
@@ -127,10 +129,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _number(value: Any) -> float | None:
-    """A metric value as a float (summary.json spells NaN and inf as strings), else None."""
+def _number(value: Any) -> float | int | None:
+    """A metric value as a number (summary.json spells NaN and inf as strings), else None."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, int):
+        return value  # counts stay counts in the table
     try:
         return float(value)
     except (TypeError, ValueError):
