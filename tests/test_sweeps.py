@@ -72,7 +72,7 @@ def test_named_sweep_params_and_command_line_make_the_jobs():
         single = _job_overrides(["seed=3"])
     assert len(named) == 4 * 2 * 3
     assert len({tuple(job) for job in named}) == len(named)
-    assert ["optimizer.learning_rate=0.001", "gradient.clip_global_norm=null", "seed=0"] == named[0][:3]
+    assert named[0][:3] == ["optimizer.learning_rate=0.001", "gradient.clip_global_norm=null", "seed=0"]
     assert len(one_seed) == 4 * 2 * 2 and all("seed=0" in job for job in one_seed)
     assert single == [["seed=3"]]
 
