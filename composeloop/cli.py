@@ -132,7 +132,8 @@ def _job(tree: DictConfig) -> dict[str, Any]:
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     directory = Path(HydraConfig.get().runtime.output_dir)
-    had_summary = (directory / "summary.json").exists()
+    # A directory holding an earlier run's results is refused by `run`; it must not be marked failed.
+    had_results = any((directory / name).exists() for name in ("summary.json", "metrics.jsonl"))
     started = time.perf_counter()
     try:
         config = to_config(tree)
@@ -152,7 +153,7 @@ def _job(tree: DictConfig) -> dict[str, Any]:
             traceback.print_exc()
         line = one_line(error)
         print(f"composeloop: error: job {HydraConfig.get().job.num}: {line}", file=sys.stderr, flush=True)
-        if not had_summary:  # never mark an earlier run's results as this job's failure
+        if not had_results:
             sweep.record_failure(directory, line, time.perf_counter() - started, tree.get("experiment"))
         return {"status": "failed", "error": line}
     print(f"composeloop: {config.experiment} finished in {summary['wall_s']:.1f}s; outputs in {directory}")

@@ -150,7 +150,12 @@ def _job_number(job_dir: Path) -> int | None:
 
 
 def main_metric(metrics: Mapping[str, Any]) -> str | None:
-    """The metric a sweep is judged by: val_accuracy, a GAN's quality score, else the first val_ one."""
+    """The metric a sweep is judged by: val_accuracy, a GAN's quality score, else the first val_ one.
+
+    Example:
+      >>> main_metric({"d_loss": 0.7, "g_loss": 1.1, "digit_confidence": 0.8})
+      'digit_confidence'
+    """
     for name in MAIN_METRICS:
         if name in metrics:
             return name
@@ -158,7 +163,14 @@ def main_metric(metrics: Mapping[str, Any]) -> str | None:
 
 
 def best_epoch(summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]], metric: str | None) -> int | None:
-    """summary.json's `best_epoch`, else the epoch of metrics.jsonl where `metric` is best."""
+    """summary.json's `best_epoch`, else the epoch of metrics.jsonl where `metric` is best.
+
+    A metric named like a loss is best when lowest, any other when highest; NaN never wins.
+
+    Example:
+      >>> best_epoch({}, [{"epoch": 1, "val_accuracy": 0.9}, {"epoch": 2, "val_accuracy": 0.8}], "val_accuracy")
+      1
+    """
     if summary.get("best_epoch") is not None:
         return int(summary["best_epoch"])
     scored = [(value, line.get("epoch")) for line in history if (value := _number(line.get(metric))) is not None]
@@ -215,7 +227,12 @@ def read_job(job_dir: Path, *, missing: str = "failed") -> dict[str, Any]:
 
 
 def read_sweep(sweep_dir: Path, *, missing: str = "failed") -> list[dict[str, Any]]:
-    """The rows of every job under `sweep_dir`, in job order (see `read_job`)."""
+    """The rows of every job under `sweep_dir`, in job order (see `read_job`).
+
+    Example:
+      >>> [row["status"] for row in read_sweep("multirun/2026-01-01/12-00-00")]
+      ['completed', 'failed']
+    """
     sweep_dir = Path(sweep_dir)
     job_dirs = {path.parent.parent for path in sweep_dir.glob("**/.hydra/overrides.yaml")} - {sweep_dir}
     rows = [read_job(job_dir, missing=missing) for job_dir in job_dirs]
@@ -305,7 +322,7 @@ def write_summary(sweep_dir: str | Path, *, missing: str = "failed", plot: bool 
     failed = sum(row["status"] == "failed" for row in rows)
     unfinished = sum(row["status"] == "interrupted" for row in rows)
     lines = [
-        f"# Sweep {sweep_dir.name}",
+        f"# Sweep {sweep_dir.parent.name}/{sweep_dir.name}",
         "",
         f"{len(rows)} jobs: {len(rows) - failed - unfinished} finished, {failed} failed, {unfinished} interrupted."
         + (f" Main metric: `{metric}`." if metric else ""),
