@@ -75,11 +75,12 @@ def fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
-def _job_overrides(argv: list[str]) -> list[list[str]]:
-    """The override list of every job the command line would run, named sweeps included.
+def _job_overrides(argv: list[str]) -> tuple[list[list[str]], Path | None]:
+    """The override list of every job the command line would run, and a multirun's directory.
 
     A multirun (`-m`, or `hydra.mode: MULTIRUN` from a `+sweep=...` config) runs the product
     of `hydra.sweeper.params` and the command line's sweeps, as Hydra's basic sweeper does.
+    A single run's directory is None.
     """
     from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -90,19 +91,26 @@ def _job_overrides(argv: list[str]) -> list[list[str]]:
     fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
     hydra_config = compose(config_name="config", overrides=fixed, return_hydra_config=True).hydra
     if not (any(arg in MULTIRUN_FLAGS for arg in argv) or hydra_config.mode == RunMode.MULTIRUN):
-        return [overrides]
+        return [overrides], None
     params = [f"{key}={value}" for key, value in (hydra_config.sweeper.get("params") or {}).items()]
     parsed = parser.parse_overrides(params + overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return jobs, Path(str(hydra_config.sweep.dir))
 
 
 def preflight(argv: list[str]) -> None:
-    """Composes and validates the config of every job; raises on the first bad one."""
+    """Composes and validates the config of every job; raises on the first bad one.
+
+    A multirun into a directory that already holds a sweep's results is refused too.
+    """
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        for overrides in _job_overrides(argv):
+        jobs, sweep_dir = _job_overrides(argv)
+        for overrides in jobs:
             to_config(compose(config_name="config", overrides=overrides))
+    if sweep_dir is not None:
+        sweep.refuse_earlier_sweep(sweep_dir)
 
 
 @contextlib.contextmanager

@@ -59,6 +59,15 @@ def test_a_bad_value_in_a_named_sweep_stops_before_any_job(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("earlier", ["multirun.yaml", "0/summary.json", "3/metrics.jsonl"])
+def test_a_sweep_into_an_earlier_sweeps_directory_is_refused(tmp_path, earlier):
+    (tmp_path / "sweep" / earlier).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "sweep" / earlier).write_text("{}\n")
+    result = cli("-m", "seed=0,1", "train.epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert_one_line_error(result, "hydra.sweep.dir", earlier)
+    assert sorted(path.name for path in (tmp_path / "sweep").rglob("*")) == sorted(Path(earlier).parts)
+
+
 def test_named_sweep_params_and_command_line_make_the_jobs():
     from hydra import initialize_config_dir
 
@@ -67,14 +76,15 @@ def test_named_sweep_params_and_command_line_make_the_jobs():
 
     register()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        named = _job_overrides(["+experiment=classifier", "+sweep=lr_clip"])
-        one_seed = _job_overrides(["-m", "+sweep=lr_clip", "seed=0", "train.epochs=1,2"])
-        single = _job_overrides(["seed=3"])
+        named, named_dir = _job_overrides(["+experiment=classifier", "+sweep=lr_clip", "hydra.sweep.dir=here"])
+        one_seed, _ = _job_overrides(["-m", "+sweep=lr_clip", "seed=0", "train.epochs=1,2"])
+        single, single_dir = _job_overrides(["seed=3"])
     assert len(named) == 4 * 2 * 3
     assert len({tuple(job) for job in named}) == len(named)
     assert named[0][:3] == ["optimizer.learning_rate=0.001", "gradient.clip_global_norm=null", "seed=0"]
     assert len(one_seed) == 4 * 2 * 2 and all("seed=0" in job for job in one_seed)
-    assert single == [["seed=3"]]
+    assert single == [["seed=3"]] and single_dir is None
+    assert named_dir == Path("here")
 
 
 # ---------------------------------------------------------------------------- the summary, on written job dirs

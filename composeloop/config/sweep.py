@@ -26,6 +26,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from composeloop.errors import ConfigError
+
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_MD = "sweep_summary.md"
 PLOT = "sweep.png"
@@ -63,6 +65,28 @@ def take_outcome() -> SweepOutcome | None:
 
 
 # ---------------------------------------------------------------------------- one job
+
+
+def refuse_earlier_sweep(sweep_dir: Path) -> None:
+    """Refuses a multirun into a directory where a sweep already left results.
+
+    Raises:
+      ConfigError: names `hydra.sweep.dir` and a file found there.
+
+    Example:
+      >>> refuse_earlier_sweep(Path("multirun/2026-01-01/12-00-00"))  # new or empty: fine
+    """
+    sweep_dir = Path(sweep_dir)
+    found = [
+        *(sweep_dir / name for name in (SUMMARY_CSV, "multirun.yaml") if (sweep_dir / name).exists()),
+        *sweep_dir.glob("*/summary.json"),
+        *sweep_dir.glob("*/metrics.jsonl"),
+    ]
+    if found:
+        raise ConfigError(
+            f"hydra.sweep.dir: {sweep_dir} already holds a sweep's results ({found[0].relative_to(sweep_dir)});"
+            " choose another directory"
+        )
 
 
 def fresh_state(seed: int) -> None:
