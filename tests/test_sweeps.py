@@ -190,6 +190,18 @@ def test_a_gan_sweep_is_judged_by_its_quality_score(tmp_path):
     decode_png(tmp_path / sweep.PLOT)  # the NaN job is left out of the picture, not fatal
 
 
+def test_jobs_without_hydra_files_are_still_rows(tmp_path):
+    """hydra.output_subdir=null leaves no .hydra/: the results themselves mark the jobs."""
+    classifier_job(tmp_path, 0, "1e-3", 0, [0.5, 0.6])
+    classifier_job(tmp_path, 1, "1e-2", 0, [0.7, 0.8])
+    for job in ("0", "1"):
+        for name in ("overrides.yaml", "hydra.yaml"):
+            (tmp_path / job / ".hydra" / name).unlink()
+    rows = sweep.read_sweep(tmp_path)
+    found = [(row["job"], row["overrides"], row["metrics"]["val_accuracy"]) for row in rows]
+    assert found == [(0, [], 0.6), (1, [], 0.8)]
+
+
 def test_record_failure_keeps_what_the_run_wrote(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"experiment": "classifier", "epochs": 3, "wall_s": 9.0}))
     sweep.record_failure(tmp_path, "train_loss is NaN at epoch 3", 1.0, "classifier")

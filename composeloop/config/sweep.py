@@ -258,7 +258,10 @@ def read_sweep(sweep_dir: Path, *, missing: str = "failed") -> list[dict[str, An
       ['completed', 'failed']
     """
     sweep_dir = Path(sweep_dir)
-    job_dirs = {path.parent.parent for path in sweep_dir.glob("**/.hydra/overrides.yaml")} - {sweep_dir}
+    # .hydra/overrides.yaml marks a job; with hydra.output_subdir=null its results still do.
+    marked = {path.parent.parent for path in sweep_dir.glob("**/.hydra/overrides.yaml")}
+    results = {path.parent for name in ("summary.json", "metrics.jsonl") for path in sweep_dir.glob(f"**/{name}")}
+    job_dirs = (marked | results) - {sweep_dir}
     rows = [read_job(job_dir, missing=missing) for job_dir in job_dirs]
     return sorted(rows, key=lambda row: (row["job"] is None, row["job"] or 0, str(row["dir"])))
 

@@ -74,6 +74,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: s
         if any(len(points[x]) > 1 for x in xs):
             low, high = [min(points[x]) for x in xs], [max(points[x]) for x in xs]
             axes.fill_between(at, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            axes.vlines(at, low, high, color=line.get_color(), alpha=0.5)  # visible at a lone x too
             for x in xs:
                 axes.scatter([positions[x]] * len(points[x]), points[x], color=line.get_color(), s=12, alpha=0.6)
     if numbers is not None and numbers and min(numbers) > 0 and max(numbers) >= 10 * min(numbers):
@@ -83,7 +84,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: s
     if not series:
         axes.text(0.5, 0.5, f"no finished job reports {metric or 'a metric'}", ha="center", transform=axes.transAxes)
     seeds = any(len(values) > 1 for points in series.values() for values in points.values())
-    axes.set_xlabel(x_key or "all jobs")
+    axes.set_xlabel(x_key or ("all jobs, one point per seed" if SEED_KEY in keys else "all jobs"))
     axes.set_ylabel(metric or "")
     axes.set_title(f"{metric or 'sweep'}" + (" (mean over seeds, band: min to max)" if seeds else ""), fontsize=10)
     axes.grid(True, alpha=0.3)
