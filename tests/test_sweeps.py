@@ -124,6 +124,7 @@ def written_sweep(tmp_path_factory):
     )  # fmt: skip
     write_job(root, 10, ["+experiment=classifier", "optimizer.learning_rate=1e-1", "seed=0"], None,
               [{"epoch": 1, "val_accuracy": 0.3, "val_loss": 2.0}])  # fmt: skip
+    classifier_job(root, 11, "1e-1", 1, [0.2], status="stopped_nonfinite", reason="train_loss is NaN at step 3")
     outcome = sweep.write_summary(root)
     return root, outcome
 
@@ -131,8 +132,8 @@ def written_sweep(tmp_path_factory):
 def test_summary_has_one_row_per_job_in_job_order(written_sweep):
     root, outcome = written_sweep
     rows = read_csv(root / sweep.SUMMARY_CSV)
-    assert [row["job"] for row in rows] == ["0", "1", "2", "3", "10"]
-    assert (outcome.jobs, outcome.failed, outcome.unfinished) == (5, 2, 0)
+    assert [row["job"] for row in rows] == ["0", "1", "2", "3", "10", "11"]
+    assert (outcome.jobs, outcome.failed, outcome.unfinished) == (6, 3, 0)
     assert list(rows[0])[:4] == ["job", "optimizer.learning_rate", "seed", "val_accuracy"]  # swept keys, main metric
     assert "+experiment" not in rows[0] and "experiment" not in rows[0]  # not swept: only in `overrides`
     assert rows[2]["overrides"] == "+experiment=classifier optimizer.learning_rate=1e-2 seed=0"
@@ -143,26 +144,28 @@ def test_summary_has_one_row_per_job_in_job_order(written_sweep):
 
 def test_best_epoch_comes_from_the_summary_or_the_metrics(written_sweep):
     rows = read_csv(written_sweep[0] / sweep.SUMMARY_CSV)
-    assert [row["best_epoch"] for row in rows] == ["2", "3", "3", "", "1"]
+    assert [row["best_epoch"] for row in rows] == ["2", "3", "3", "", "1", "1"]
 
 
 def test_failed_and_unwritten_jobs_are_rows_with_their_error(written_sweep):
     root, _ = written_sweep
     rows = read_csv(root / sweep.SUMMARY_CSV)
-    assert [row["status"] for row in rows] == ["completed", "completed", "completed", "failed", "failed"]
+    statuses = ["completed", "completed", "completed", "failed", "failed", "stopped_nonfinite"]
+    assert [row["status"] for row in rows] == statuses
     assert rows[3]["error"] == "data.path: no such | file" and rows[3]["val_accuracy"] == ""
     assert "summary.json" in rows[4]["error"]
+    assert rows[5]["error"] == "train_loss is NaN at step 3"  # a run that stopped itself says why
     markdown = (root / sweep.SUMMARY_MD).read_text()
-    assert "5 jobs: 3 finished, 2 failed" in markdown
+    assert "6 jobs: 3 finished, 3 failed" in markdown
     assert "no such \\| file" in markdown  # a pipe in an error does not break the table
-    assert markdown.count("\n| ") == 1 + 5 and "(sweep.png)" in markdown
+    assert markdown.count("\n| ") == 1 + 6 and "(sweep.png)" in markdown
 
 
 def test_after_an_interrupt_a_job_without_summary_is_interrupted(written_sweep):
     root, _ = written_sweep
-    rows = sweep.read_sweep(root, missing="interrupted")
-    assert rows[-1]["status"] == "interrupted" and rows[-1]["error"] == ""
-    assert rows[-1]["metrics"]["val_accuracy"] == pytest.approx(0.3)  # its last finished epoch
+    row = sweep.read_sweep(root, missing="interrupted")[4]
+    assert row["job"] == 10 and row["status"] == "interrupted" and row["error"] == ""
+    assert row["metrics"]["val_accuracy"] == pytest.approx(0.3)  # its last finished epoch
 
 
 def test_sweep_png_decodes(written_sweep):

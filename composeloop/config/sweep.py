@@ -36,6 +36,9 @@ MAIN_METRICS = ("val_accuracy", "digit_confidence")
 # summary.json keys outside `metrics` that are results rather than bookkeeping.
 QUALITY_KEYS = ("digit_confidence", "classes_covered")
 SKIPPED_METRICS = ("epoch", "seconds")
+# Statuses that count as a failed job (the sweep exits non-zero) or one cut short.
+FAILED = ("failed", "stopped_nonfinite")
+INTERRUPTED = "interrupted"
 
 
 @attrs.frozen
@@ -229,7 +232,10 @@ def read_job(job_dir: Path, *, missing: str = "failed") -> dict[str, Any]:
         error = "ended without writing summary.json" if missing == "failed" else ""
         summary = {"metrics": history[-1] if history else {}}
     else:
-        status, error = str(summary.get("status", "completed")), str(summary.get("error") or "")
+        status = str(summary.get("status", "completed"))
+        # A run that stopped itself (NaN policy, a signal) says why in `reason`.
+        why = summary.get("reason") if status in (*FAILED, INTERRUPTED) else ""
+        error = str(summary.get("error") or why or "")
     reported = {**(summary.get("metrics") or {}), **{key: summary[key] for key in QUALITY_KEYS if key in summary}}
     metrics = {
         name: number
@@ -346,8 +352,8 @@ def write_summary(sweep_dir: str | Path, *, missing: str = "failed", plot: bool 
     writer.writerows([["" if cell is None else cell for cell in line] for line in cells])
     _write_atomically(sweep_dir / SUMMARY_CSV, text.getvalue().encode())
 
-    failed = sum(row["status"] == "failed" for row in rows)
-    unfinished = sum(row["status"] == "interrupted" for row in rows)
+    failed = sum(row["status"] in FAILED for row in rows)
+    unfinished = sum(row["status"] == INTERRUPTED for row in rows)
     lines = [
         f"# Sweep {sweep_dir.parent.name}/{sweep_dir.name}",
         "",

@@ -29,12 +29,12 @@ def _series(
     rows: Sequence[Mapping[str, Any]], x_key: str | None, group_keys: Sequence[str], metric: str
 ) -> dict[str, dict[str, list[float]]]:
     """group label -> x value (as written in the override) -> the metric of each seed."""
-    from composeloop.config.sweep import parameters
+    from composeloop.config.sweep import FAILED, parameters
 
     series: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         value = row["metrics"].get(metric)
-        if row["status"] == "failed" or value is None or not math.isfinite(value):
+        if row["status"] in FAILED or value is None or not math.isfinite(value):
             continue
         params = parameters(row["overrides"])
         label = ", ".join(f"{key}={params.get(key, '')}" for key in group_keys)
