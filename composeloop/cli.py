@@ -3,7 +3,10 @@
 This module owns the command line: it checks the config BEFORE Hydra starts a job (each job
 of a multirun included), so that a bad override, an unknown group option or an invalid value
 is one line on stderr and a non-zero exit rather than a traceback, then hands over to Hydra.
-Set HYDRA_FULL_ERROR=1 to get tracebacks instead. Nothing imports this module.
+In a multirun each job starts from clean Keras/TensorFlow state, a job that fails is recorded
+and the sweep goes on, and the exit status says whether every job finished (the sweep's
+summary itself is `composeloop.config.sweep`'s). Set HYDRA_FULL_ERROR=1 to get tracebacks
+instead. Nothing imports this module.
 """
 
 from __future__ import annotations
@@ -12,17 +15,25 @@ import contextlib
 import logging
 import os
 import sys
+import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from composeloop.config import sweep
+from composeloop.config.schema import Resume
 from composeloop.config.store import register, to_config
 from composeloop.errors import ComposeloopError
 
 EXIT_BAD_INPUT = 2
+EXIT_JOBS_FAILED = 1  # a multirun finished, but some of its jobs failed
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 # Flags after which Hydra prints something and runs nothing: no preflight needed.
 INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "--shell-completion", "-sc"}
 MULTIRUN_FLAGS = {"-m", "--multirun"}
@@ -66,25 +77,42 @@ def fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
-def _job_overrides(argv: list[str]) -> list[list[str]]:
-    """The override list of every job the command line would run."""
-    overrides = [arg for arg in argv if not arg.startswith("-")]
-    if not any(arg in MULTIRUN_FLAGS for arg in argv):
-        return [overrides]
+def _job_overrides(argv: list[str]) -> tuple[list[list[str]], Path | None]:
+    """The override list of every job the command line would run, and a multirun's directory.
+
+    A multirun (`-m`, or `hydra.mode: MULTIRUN` from a `+sweep=...` config) runs the product
+    of `hydra.sweeper.params` and the command line's sweeps, as Hydra's basic sweeper does.
+    A single run's directory is None.
+    """
+    from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    hydra_config = compose(config_name="config", overrides=fixed, return_hydra_config=True).hydra
+    if not (any(arg in MULTIRUN_FLAGS for arg in argv) or hydra_config.mode == RunMode.MULTIRUN):
+        return [overrides], None
+    params = [f"{key}={value}" for key, value in (hydra_config.sweeper.get("params") or {}).items()]
+    parsed = parser.parse_overrides(params + overrides)
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return jobs, Path(str(hydra_config.sweep.dir))
 
 
 def preflight(argv: list[str]) -> None:
-    """Composes and validates the config of every job; raises on the first bad one."""
+    """Composes and validates the config of every job; raises on the first bad one.
+
+    With ``resume=never``, a multirun into a directory that already holds a sweep's results
+    is refused too; with ``resume=auto`` (the default) its jobs resume from their checkpoints.
+    """
     from hydra import compose, initialize_config_dir
 
-    for overrides in _job_overrides(argv):
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            to_config(compose(config_name="config", overrides=overrides))
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        jobs, sweep_dir = _job_overrides(argv)
+        configs = [to_config(compose(config_name="config", overrides=overrides)) for overrides in jobs]
+    if sweep_dir is not None and any(config.resume is Resume.never for config in configs):
+        sweep.refuse_earlier_sweep(sweep_dir)
 
 
 @contextlib.contextmanager
@@ -109,35 +137,70 @@ def _quiet_native_logs() -> Iterator[None]:
         os.close(saved)
 
 
-def _job(tree: DictConfig) -> None:
+def _job(tree: DictConfig) -> dict[str, Any]:
     from composeloop.config.experiments import run
     from composeloop.config.runner import exit_code
 
     # TensorFlow's checkpoint code logs every save at INFO through absl; Hydra would print it.
     logging.getLogger("absl").setLevel(logging.WARNING)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    directory = Path(HydraConfig.get().runtime.output_dir)
+    # A directory holding an earlier run's results is refused by `run`; it must not be marked failed.
+    had_results = any((directory / name).exists() for name in ("summary.json", "metrics.jsonl"))
+    started = time.perf_counter()
     try:
         config = to_config(tree)
         with _quiet_native_logs():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # probes drivers: its complaints stay quiet too
-        directory = Path(HydraConfig.get().runtime.output_dir)
+        sweep.fresh_state(config.seed)
         summary = run(config, directory)
-    except ComposeloopError as error:
+    except Exception as error:
+        if not multirun:
+            if full_errors() or not isinstance(error, ComposeloopError):
+                raise  # a bug, not bad input: Hydra shows where
+            fail(str(error))
+        # A failed job is recorded and the sweep goes on; `main` exits non-zero at its end.
         if full_errors():
-            raise
-        fail(str(error))
+            traceback.print_exc()
+        line = one_line(error)
+        print(f"composeloop: error: job {HydraConfig.get().job.num}: {line}", file=sys.stderr, flush=True)
+        if not had_results:
+            sweep.record_failure(directory, line, time.perf_counter() - started, tree.get("experiment"))
+        return {"status": "failed", "error": line}
     code = exit_code(summary)
+    if multirun and summary.get("status") == "interrupted":
+        raise KeyboardInterrupt  # the run caught Ctrl-C itself; the sweep must stop too
     if code:
+        job = f"job {HydraConfig.get().job.num}: " if multirun else ""
         print(
-            f"composeloop: {summary['status']} ({summary['reason']}); outputs and the last checkpoint are in "
+            f"composeloop: {job}{summary['status']} ({summary['reason']}); outputs and the last checkpoint are in "
             f"{directory}: run the same command again to resume",
             file=sys.stderr,
             flush=True,
         )
-        sys.exit(code)
+        if not multirun:
+            sys.exit(code)
+        return summary  # the sweep summary counts it as failed; the sweep goes on
     how = summary["status"] + (f": {summary['reason']}" if summary.get("reason") else "")
     print(f"composeloop: {config.experiment} finished in {summary['wall_s']:.1f}s ({how}); outputs in {directory}")
+    return summary
+
+
+def _end_of_sweep(interrupted: bool) -> None:
+    """Summarises a sweep cut short, and exits non-zero when any job failed or was cut."""
+    outcome = sweep.summarize_interrupted() if interrupted else sweep.take_outcome()
+    if outcome is None:
+        return
+    where = outcome.directory / sweep.SUMMARY_MD
+    if interrupted:
+        finished = outcome.jobs - outcome.unfinished
+        print(f"composeloop: sweep interrupted after {finished} job(s); summary in {where}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    if outcome.failed:
+        print(f"composeloop: {outcome.failed} of {outcome.jobs} sweep jobs failed; see {where}", file=sys.stderr)
+        sys.exit(EXIT_JOBS_FAILED)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,4 +217,10 @@ def main(argv: list[str] | None = None) -> None:
             fail(one_line(error))
     app = hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(_job)
     sys.argv = [sys.argv[0], *argv]
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        if sweep.current_sweep() is None:
+            raise
+        _end_of_sweep(interrupted=True)
+    _end_of_sweep(interrupted=False)

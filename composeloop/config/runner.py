@@ -61,6 +61,8 @@ def check_run_directory(config: Config, directory: Path) -> None:
     results but no checkpoint; ``resume=never`` refuses any directory that holds a run.
     """
     found = [name for name in RESULT_FILES if (directory / name).exists()]
+    if found == ["summary.json"] and _failed_before_training(directory / "summary.json"):
+        found = []  # a job that failed before its first epoch left only the record of that failure
     resumable = has_checkpoint(config, directory)
     if config.resume is Resume.never and (found or resumable):
         held = ", ".join(found + (["checkpoints"] if resumable else []))
@@ -72,6 +74,15 @@ def check_run_directory(config: Config, directory: Path) -> None:
             f"hydra.run.dir: {directory} already holds a run's results ({', '.join(found)}) but no checkpoint "
             "to resume from; choose another directory"
         )
+
+
+def _failed_before_training(summary: Path) -> bool:
+    import json
+
+    try:
+        return json.loads(summary.read_text()).get("status") == "failed"
+    except (OSError, ValueError):
+        return False
 
 
 @attrs.define
