@@ -60,12 +60,26 @@ def test_a_bad_value_in_a_named_sweep_stops_before_any_job(tmp_path):
 
 
 @pytest.mark.parametrize("earlier", ["multirun.yaml", "0/summary.json", "3/metrics.jsonl"])
-def test_a_sweep_into_an_earlier_sweeps_directory_is_refused(tmp_path, earlier):
+def test_with_resume_never_a_sweep_into_an_earlier_sweeps_directory_is_refused(tmp_path, earlier):
     (tmp_path / "sweep" / earlier).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / "sweep" / earlier).write_text("{}\n")
-    result = cli("-m", "seed=0,1", "train.epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    args = ("-m", "seed=0,1", "train.epochs=1", "resume=never")
+    result = cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert_one_line_error(result, "hydra.sweep.dir", earlier)
     assert sorted(path.name for path in (tmp_path / "sweep").rglob("*")) == sorted(Path(earlier).parts)
+
+
+@pytest.mark.slow
+def test_rerunning_a_sweep_resumes_its_jobs(tmp_path):
+    args = ("-m", "seed=0,1", "data=synthetic", "data.synthetic_examples=64", "train.epochs=1")
+    first = cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = cli(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    for job in ("0", "1"):
+        summary = json.loads((tmp_path / "sweep" / job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["resumed_from_step"] == summary["steps"] > 0
+    assert len((tmp_path / "sweep" / "sweep_summary.csv").read_text().splitlines()) == 3
 
 
 def test_named_sweep_params_and_command_line_make_the_jobs():
