@@ -124,7 +124,7 @@ def _prefix_runner(step: Step, count: int) -> StepRunner:
 
     def make() -> StepRunner:
         prefix = attrs.evolve(step, phases=step.phases[:count])
-        for phase in step.phases[count:]:  # so that every phase's optimizer variables exist
+        for phase in step.phases:  # every phase's optimizer variables must exist to be snapshot
             build_apply(phase.apply, step.variables(phase))
         return StepRunner(prefix, variables=step_variables(step))
 
@@ -156,10 +156,10 @@ def check_phase_isolation(
     """
     index, under_test = _phase(step, phase)
     owns = tuple(owns if owns is not None else under_test.trains)
+    with_phase = _prefix_runner(step, index + 1)  # builds the optimizers: read their variables after
     mine = {id(v) for name in owns for v in step.models[name].weights}
     optimizer = getattr(under_test.apply, "optimizer", None)
     mine |= {id(v) for v in (optimizer.variables if optimizer is not None else ())}
-    with_phase = _prefix_runner(step, index + 1)
     start = with_phase.initial
     after = with_phase.run([batch], at_step=at_step)["weights"]
     before = _prefix_runner(step, index).run([batch], start, at_step)["weights"] if index else start
