@@ -103,6 +103,8 @@ def splits(
       >>> sizes = data.draw(splits(len(batch["y"]), parts=2))
     """
     count = parts if parts is not None else draw(st.integers(1, max_parts))
+    if count == 1:
+        return [size]
     if allow_empty:
         cuts = sorted(draw(st.lists(st.integers(0, size), min_size=count - 1, max_size=count - 1)))
     else:
