@@ -95,10 +95,13 @@ def test_a_nonfinite_batch_leaves_weights_and_optimizer_slots_untouched(guarded_
 
 
 def test_clips_scale_norms_beyond_float32_to_the_bound():
-    """Regression found by the clip property: a norm above ~1e38 made the factor bound / norm
+    """Regressions found by the clip property: a norm above ~1e38 made the factor bound / norm
     subnormal, flushed to zero, so the clip zeroed the gradient; a norm above float32's max
-    (3.4e38) overflowed to inf and the clip treated it as non-finite, zeroing it too."""
+    (3.4e38) overflowed to inf and the clip treated it as non-finite, zeroing it too; a small
+    element next to a huge one went through a subnormal intermediate and came out 0."""
     check_global_norm_clip(cs.clip_by_global_norm(1.0), [np.float32(8.50706e37)], 1.0)
     check_global_norm_clip(cs.clip_by_global_norm(1.0), [np.float32(0.0), np.array([3e38, 3e38], np.float32)], 1.0)
+    # 1.0 next to 3e38: its scaled value 1.9e-37 is a normal float, but 1 / 3e38 is not.
+    check_global_norm_clip(cs.clip_by_global_norm(57.0), [np.float32(1.0), np.float32(3e38)], 57.0)
     clipped = cs.clip_by_norm(1.0)(cs.Gradients([tf.constant([3e38, 3e38])]), [], None).values[0]
     np.testing.assert_allclose(clipped.numpy(), [0.5**0.5, 0.5**0.5], rtol=1e-6)

@@ -125,9 +125,13 @@ def _scale_to(values: Sequence[tf.Tensor], max_norm: float) -> list[tf.Tensor]:
     finite = tf.logical_and(tf.math.is_finite(divisor), tf.math.is_finite(relative))
 
     def scaled(g: tf.Tensor) -> tf.Tensor:
-        # g / divisor / relative * bound, never bound / norm: that factor is subnormal for
-        # norms above ~1e38, and flush-to-zero would make it 0 and zero the gradient.
-        return tf.cast(tf.cast(g, tf.float32) / divisor / relative * bound, g.dtype)
+        # g * bound / norm without a subnormal intermediate, which flush-to-zero would make 0:
+        # bound / norm is subnormal for norms above ~1e38, and so is g / divisor for an
+        # element far below the largest. Multiply first unless that overflows; an element
+        # whose product overflows is large, so dividing it first loses nothing.
+        g32, factor = tf.cast(g, tf.float32), bound / relative
+        product = g32 * factor
+        return tf.cast(tf.where(tf.math.is_finite(product), product / divisor, g32 / divisor * factor), g.dtype)
 
     # Under the bound the values pass through untouched (a multiply by 1.0 would flush
     # subnormal floats to zero on CPUs that run with flush-to-zero, as TensorFlow's do).

@@ -46,8 +46,9 @@ def difference(expected: Any, actual: Any, rtol: float, atol: float) -> str | No
     gap = np.where(close, 0.0, np.where(np.isnan(gap), np.inf, gap))
     index = np.unravel_index(int(np.argmax(gap)), gap.shape) if gap.shape else ()
     where = f" at index {tuple(int(i) for i in index)}" if index else ""
+    size = "by NaN" if np.isnan(expected[index]) or np.isnan(actual[index]) else f"by {float(gap[index]):.6g}"
     return (
-        f"differs by {float(gap[index]):.6g}{where} (expected {float(expected[index]):.9g}, "
+        f"differs {size}{where} (expected {float(expected[index]):.9g}, "
         f"got {float(actual[index]):.9g}; tolerance {atol:g} + {rtol:g} * |expected|), "
         f"{int((~close).sum())} of {close.size} elements off"
     )
