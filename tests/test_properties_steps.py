@@ -19,11 +19,11 @@ from composeloop import step as cs
 from composeloop.parts import gan
 from composeloop.parts.recipes import classifier_phase, classifier_step
 from composeloop.testing import (
+    cached_programs,
     check_phase_isolation,
     check_replica_invariance,
     check_reset_gives_empty,
 )
-from composeloop.testing.harness import _RUNNERS
 from composeloop.testing.strategies import batches, splits
 
 pytestmark = pytest.mark.property
@@ -67,17 +67,6 @@ def test_metric_states_are_replica_invariant(batch, data):
     check_replica_invariance(many_metrics, batch, split, replicas=REPLICAS)
 
 
-def test_replica_properties_compiled_each_step_once():
-    """Runs after the properties above (file order): every cached program traced once."""
-    counts = [
-        runner.program.trace_counts
-        for _, pair in _RUNNERS.values()
-        if hasattr(pair, "many")
-        for runner in (pair.one, pair.many)
-    ]
-    assert counts and all(count == {"train": 1} for count in counts), counts
-
-
 LATENT, PIXELS = 3, 6
 
 
@@ -110,3 +99,10 @@ def classifier():
 def test_reset_gives_the_empty_state(classifier, batch):
     """Invariant 8 for a compiled step: after a step, reset leaves every state empty."""
     check_reset_gives_empty(classifier, batch)
+
+
+def test_every_program_the_properties_compiled_was_traced_once():
+    """Runs last in this file: all examples of all the properties above reused one trace each."""
+    counts = [program.trace_counts for program in cached_programs()]
+    assert len(counts) >= 7, counts  # 2 builders x 2 + metrics x 2 + GAN prefixes 2 + reset 1
+    assert all(count == {"train": 1} for count in counts), counts

@@ -9,8 +9,8 @@ the invariant, the variable or field, and the size of the violation:
 - `check_batch_split_invariance` (7), `check_metric_range` and `check_reset_gives_empty` (8).
 
 Compiled programs are cached per step builder (or step) for the process, so a property
-traces once however many examples it draws. This module needs Hypothesis (the ``test``
-extra); ``import composeloop`` does not import it.
+traces once however many examples it draws (`cached_programs()` lists them, to assert it).
+This module needs Hypothesis (the ``test`` extra); ``import composeloop`` does not import it.
 """
 
 try:
@@ -25,6 +25,7 @@ from composeloop.testing import strategies
 from composeloop.testing.gradients import check_aggregate_linearity, check_global_norm_clip, check_skip_nonfinite
 from composeloop.testing.harness import (
     StepRunner,
+    cached_programs,
     configure_cpu_replicas,
     context_for,
     mirrored_strategy,
@@ -38,6 +39,7 @@ from composeloop.testing.violations import InvariantViolation
 __all__ = [
     "InvariantViolation",
     "StepRunner",
+    "cached_programs",
     "check_aggregate_linearity",
     "check_batch_split_invariance",
     "check_global_norm_clip",

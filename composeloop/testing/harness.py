@@ -224,3 +224,16 @@ def cached_runner(key: Any, owner: Any, make: Any) -> StepRunner:
     if key not in _RUNNERS:
         _RUNNERS[key] = (owner, make())
     return _RUNNERS[key][1]
+
+
+def cached_programs() -> list[Program]:
+    """Every program the checkers compiled in this process (to assert that none retraced).
+
+    Example:
+      >>> assert all(p.trace_counts == {"train": 1} for p in cached_programs())
+    """
+    programs = []
+    for _, made in _RUNNERS.values():
+        runners = [made] if isinstance(made, StepRunner) else [made.one, made.many]
+        programs += [runner.program for runner in runners]
+    return programs

@@ -90,6 +90,10 @@ def check_replica_invariance(
       metric_rtol: on metric states (float64 sums of float32 per-example values).
       at_step: the global step the step runs as (its random seeds derive from it).
 
+    A step that draws random numbers (dropout, GAN noise) draws them per replica, from a
+    seed that includes the replica index, so it matches 1 replica only in distribution:
+    check such a step with its randomness off.
+
     Raises:
       InvariantViolation: naming the variable or metric field that differs, and by how much.
 
