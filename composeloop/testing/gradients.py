@@ -17,7 +17,7 @@ import tensorflow as tf
 from composeloop.step import Context, Gradients, Step
 from composeloop.step.aggregate import Aggregate
 from composeloop.step.gradients import Transform
-from composeloop.testing.harness import Batch, StepRunner, cached_runner
+from composeloop.testing.harness import Batch, runner_for
 from composeloop.testing.violations import InvariantViolation, as_array, difference, nonfinite_at
 
 CLIP_RULE = (
@@ -194,7 +194,7 @@ def _check_transform_skips(transform: Transform, grads: Sequence[Any], context: 
 
 
 def _check_step_skips(step: Step, batch: Batch) -> None:
-    runner = cached_runner(("skip", id(step)), step, lambda: StepRunner(step))
+    runner = runner_for(step)
     after = runner.run([batch])
     for name, before, now in zip(runner.names, runner.initial, after["weights"], strict=True):
         gap = difference(before, now, rtol=0.0, atol=0.0)

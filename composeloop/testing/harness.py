@@ -226,6 +226,11 @@ def cached_runner(key: Any, owner: Any, make: Any) -> StepRunner:
     return _RUNNERS[key][1]
 
 
+def runner_for(step: Step) -> StepRunner:
+    """The process's one single-replica runner of `step` (compiled on first use)."""
+    return cached_runner(("step", id(step)), step, lambda: StepRunner(step))
+
+
 def cached_programs() -> list[Program]:
     """Every program the checkers compiled in this process (to assert that none retraced).
 

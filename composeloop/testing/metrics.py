@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from composeloop.step import Metric, Step, merge
-from composeloop.testing.harness import Batch, StepRunner, batch_size, cached_runner, context_for, split_batch
+from composeloop.testing.harness import Batch, batch_size, context_for, runner_for, split_batch
 from composeloop.testing.violations import InvariantViolation, as_array, difference
 
 SPLIT_RULE = (
@@ -147,7 +147,7 @@ def check_reset_gives_empty(step: Step, batch: Batch) -> None:
     Example:
       >>> check_reset_gives_empty(classifier_step(model, SGD(0.1)), {"x": x, "y": y})
     """
-    runner = cached_runner(("reset", id(step)), step, lambda: StepRunner(step))
+    runner = runner_for(step)
     runner.restore()
     runner.train_once([batch])
     runner.program.reset("train")
