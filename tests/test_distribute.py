@@ -13,15 +13,16 @@ from hypothesis import strategies as st
 from composeloop import step as cs
 from composeloop.engine import compile_step
 from composeloop.parts.recipes import classifier_phase
+from composeloop.testing import mirrored_strategy
 
 MAX_NORM = 0.05  # small enough that the clip is active on nearly every drawn batch
 
 
 @pytest.fixture(scope="module")
 def mirrored():
-    # One strategy for the module: separate MirroredStrategy objects in one process can
+    # One strategy for the process: separate MirroredStrategy objects in one process can
     # reuse collective instance keys and abort each other's all-reduces.
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return mirrored_strategy(2)
 
 
 def build(strategy):

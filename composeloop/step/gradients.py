@@ -89,31 +89,53 @@ def clip_by_value(min_value: float, max_value: float) -> Transform:
     return map_gradients(lambda values: [clip(g) for g in values])
 
 
-def global_norm(values: Sequence[tf.Tensor]) -> tf.Tensor:
-    """The L2 norm of all gradients together, in float32, without overflow or underflow.
+def _norm_parts(values: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """The global L2 norm as ``divisor * relative``, both float32 and in range.
 
-    Squaring 1e20 overflows float32 and squaring 1e-30 underflows it, so the sum of
-    squares is taken of values divided by their largest magnitude, then scaled back.
-    Any non-finite element gives a non-finite norm.
+    Squaring 1e20 overflows float32 and squaring 1e-30 underflows it, so the sum of squares
+    is taken of values divided by their largest magnitude (the divisor). Kept apart, the two
+    factors stay representable even when the norm itself is beyond float32 (above 3.4e38).
+    Any non-finite element makes one of them non-finite.
     """
     values = [tf.cast(g, tf.float32) for g in values]
-    if not values:
-        return tf.constant(0.0)
     largest = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(g)) for g in values]))
     divisor = tf.where(largest > 0.0, largest, 1.0)
-    squares = tf.add_n([tf.reduce_sum(tf.square(g / divisor)) for g in values])
-    return divisor * tf.sqrt(squares)
+    relative = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g / divisor)) for g in values]))
+    return divisor, relative
 
 
-def _scale_to(values: Sequence[tf.Tensor], norm: tf.Tensor, max_norm: float) -> list[tf.Tensor]:
-    """Scales `values` (of L2 norm `norm`) to norm at most `max_norm`; non-finite: zeros."""
+def global_norm(values: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The L2 norm of all gradients together, in float32, without overflow or underflow
+    in the sum of squares (a norm beyond float32's range is inf). Any non-finite element
+    gives a non-finite norm.
+    """
+    if not values:
+        return tf.constant(0.0)
+    divisor, relative = _norm_parts(values)
+    return divisor * relative
+
+
+def _scale_to(values: Sequence[tf.Tensor], max_norm: float) -> list[tf.Tensor]:
+    """Scales `values` to global L2 norm at most `max_norm`; non-finite: zeros."""
+    if not values:
+        return []
+    divisor, relative = _norm_parts(values)
     bound = tf.constant(max_norm, tf.float32)
-    factor = bound / tf.maximum(norm, bound)
-    within = norm <= bound
-    finite = tf.math.is_finite(norm)
+    within = divisor * relative <= bound  # an overflowing norm is inf: above the bound
+    finite = tf.logical_and(tf.math.is_finite(divisor), tf.math.is_finite(relative))
+
+    def scaled(g: tf.Tensor) -> tf.Tensor:
+        # g * bound / norm without a subnormal intermediate, which flush-to-zero would make 0:
+        # bound / norm is subnormal for norms above ~1e38, and so is g / divisor for an
+        # element far below the largest. Multiply first unless that overflows; an element
+        # whose product overflows is large, so dividing it first loses nothing.
+        g32, factor = tf.cast(g, tf.float32), bound / relative
+        product = g32 * factor
+        return tf.cast(tf.where(tf.math.is_finite(product), product / divisor, g32 / divisor * factor), g.dtype)
+
     # Under the bound the values pass through untouched (a multiply by 1.0 would flush
     # subnormal floats to zero on CPUs that run with flush-to-zero, as TensorFlow's do).
-    return [tf.where(finite, tf.where(within, g, g * tf.cast(factor, g.dtype)), tf.zeros_like(g)) for g in values]
+    return [tf.where(finite, tf.where(within, g, scaled(g)), tf.zeros_like(g)) for g in values]
 
 
 def clip_by_norm(max_norm: float) -> Transform:
@@ -124,7 +146,7 @@ def clip_by_norm(max_norm: float) -> Transform:
     """
     if not max_norm > 0:
         raise ValueError(f"clip_by_norm needs max_norm > 0, got {max_norm}")
-    return map_gradients(lambda values: [_scale_to([g], global_norm([g]), max_norm)[0] for g in values])
+    return map_gradients(lambda values: [_scale_to([g], max_norm)[0] for g in values])
 
 
 def clip_by_global_norm(max_norm: float) -> Transform:
@@ -137,7 +159,7 @@ def clip_by_global_norm(max_norm: float) -> Transform:
     """
     if not max_norm > 0:
         raise ValueError(f"clip_by_global_norm needs max_norm > 0, got {max_norm}")
-    return map_gradients(lambda values: _scale_to(values, global_norm(values), max_norm))
+    return map_gradients(lambda values: _scale_to(values, max_norm))
 
 
 def all_finite(values: Sequence[tf.Tensor]) -> tf.Tensor:

@@ -1,0 +1,244 @@
+"""Running a user's step once, from the same start, as often as a property needs.
+
+This module owns what the step checkers share: the process-wide CPU replicas and the one
+`MirroredStrategy` over them, hand-made `Context`s for calling stages directly, and
+`StepRunner`, which compiles a step ONCE and then runs single steps on any batch (split
+over the replicas) from a snapshot of every variable. Batches reach the compiled function
+through a dataset whose batch dimension is unknown, so no batch size retraces it. It asserts
+nothing: the checkers do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from composeloop.engine import Program, compile_step
+from composeloop.step import Context, Replication, Step
+
+Batch = Mapping[str, Any]
+_STRATEGIES: dict[int, tf.distribute.Strategy] = {}
+
+
+def configure_cpu_replicas(count: int = 2) -> None:
+    """Splits the CPU into `count` logical devices so `MirroredStrategy` can run `count`
+    replicas on one machine. Call it before TensorFlow first uses a device (e.g. at the top
+    of ``conftest.py``); calling it again, or after enough devices exist, does nothing.
+
+    Example:
+      >>> configure_cpu_replicas(2)
+      >>> strategy = mirrored_strategy(2)
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) >= count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:
+        if len(tf.config.list_logical_devices("CPU")) < count:
+            raise RuntimeError(
+                f"composeloop.testing needs {count} logical CPUs for {count} replicas, but TensorFlow is "
+                f"already initialised with fewer; call composeloop.testing.configure_cpu_replicas({count}) "
+                "before TensorFlow first runs (e.g. at the top of conftest.py)"
+            ) from None
+
+
+def mirrored_strategy(replicas: int = 2) -> tf.distribute.MirroredStrategy:
+    """The process's one `MirroredStrategy` over `replicas` logical CPUs.
+
+    Two MirroredStrategy objects in one process can reuse collective keys and abort each
+    other's all-reduces, so every test and checker shares this cached one.
+
+    Example:
+      >>> with mirrored_strategy(2).scope():
+      ...     model = build_model()
+    """
+    if replicas not in _STRATEGIES:
+        configure_cpu_replicas(replicas)
+        _STRATEGIES[replicas] = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+    return _STRATEGIES[replicas]
+
+
+def context_for(
+    batch: Batch, models: Mapping[str, Any] | None = None, *, replicas: int = 1, global_batch_size: float | None = None
+) -> Context:
+    """A `Context` for calling stages by hand: seed 0, step 0, training mode.
+
+    Args:
+      batch: this replica's examples by feature name (arrays or tensors).
+      models: the models stages may call, by name.
+      replicas: the replica count stages see (only `num_replicas`; sums stay local).
+      global_batch_size: examples over all replicas; default: this batch's size.
+
+    Example:
+      >>> context = context_for({"x": x, "y": y}, {"model": model})
+      >>> global_mean()(context, {"loss": per_example})
+    """
+    tensors = {name: tf.convert_to_tensor(value) for name, value in batch.items()}
+    size = global_batch_size if global_batch_size is not None else batch_size(batch)
+    return Context(
+        batch=tensors,
+        models=dict(models or {}),
+        training=True,
+        seed=tf.constant([0, 0], tf.int64),
+        step=tf.constant(0, tf.int64),
+        global_batch_size=tf.constant(float(size)),
+        replication=Replication(num_replicas=replicas),
+    )
+
+
+def batch_size(batch: Batch) -> int:
+    """The number of examples in a batch (the first dimension of its features)."""
+    return int(np.shape(next(iter(batch.values())))[0])
+
+
+def split_batch(batch: Batch, sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Cuts a batch into consecutive pieces of the given sizes (which must add up)."""
+    total = batch_size(batch)
+    if sum(sizes) != total or min(sizes, default=0) < 0:
+        raise ValueError(f"piece sizes {list(sizes)} do not split a batch of {total} examples")
+    cuts = np.cumsum(sizes)[:-1]
+    pieces = {name: np.split(np.asarray(values), cuts) for name, values in batch.items()}
+    return [{name: pieces[name][i] for name in batch} for i in range(len(sizes))]
+
+
+def _padded_dataset(parts: Sequence[Batch]) -> tf.data.Dataset:
+    """One dataset element per part, each of unknown batch size (so sizes never retrace);
+    an empty part is an element too, unlike with ``batch()``."""
+    longest = max(max(batch_size(part) for part in parts), 1)
+    lengths = np.array([batch_size(part) for part in parts], np.int64)
+
+    def padded(values: np.ndarray) -> np.ndarray:
+        pad = [(0, longest - len(values))] + [(0, 0)] * (values.ndim - 1)
+        return np.pad(values, pad)
+
+    stacked = {name: np.stack([padded(np.asarray(part[name])) for part in parts]) for name in parts[0]}
+    dataset = tf.data.Dataset.from_tensor_slices((stacked, lengths))
+    return dataset.map(lambda features, length: {name: value[:length] for name, value in features.items()})
+
+
+def step_variables(step: Step) -> list[tf.Variable]:
+    """Every variable a step owns: the models' weights, then each phase's optimizer's."""
+    variables, seen = [], set()
+    owners = [model.weights for model in step.models.values()]
+    owners += [getattr(phase.apply, "optimizer", None) and phase.apply.optimizer.variables for phase in step.phases]
+    for group in owners:
+        for variable in group or ():
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                variables.append(variable)
+    return variables
+
+
+def variable_name(variable: tf.Variable) -> str:
+    return getattr(variable, "path", None) or variable.name
+
+
+class StepRunner:
+    """A step compiled once, run one step at a time from the same starting variables.
+
+    Example:
+      >>> runner = StepRunner(step)
+      >>> after = runner.run([batch])          # one replica, one step
+      >>> after["weights"][0] - runner.initial[0]
+    """
+
+    def __init__(
+        self,
+        step: Step,
+        strategy: tf.distribute.Strategy | None = None,
+        *,
+        variables: Sequence[tf.Variable] | None = None,
+        start: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        """Compiles `step`; snapshots `variables` (default: all of the step's) after setting
+        them to `start`, if given."""
+        self.step = step
+        self.program: Program = compile_step(step, strategy=strategy)
+        self.variables = list(variables) if variables is not None else step_variables(step)
+        self.names = [variable_name(v) for v in self.variables]
+        if start is not None:
+            self._assign(start)
+        self.initial = [v.numpy() for v in self.variables]
+
+    @property
+    def replicas(self) -> int:
+        return self.program.strategy.num_replicas_in_sync
+
+    def _assign(self, values: Sequence[np.ndarray]) -> None:
+        if len(values) != len(self.variables):
+            raise ValueError(f"{len(values)} values for {len(self.variables)} variables")
+        for variable, value in zip(self.variables, values, strict=True):
+            variable.assign(value)
+
+    def restore(self, values: Sequence[np.ndarray] | None = None, at_step: int = 0) -> None:
+        """Puts every variable back (to the snapshot by default) and sets the global step
+        (from which every stage's random seed derives) to `at_step`."""
+        self._assign(self.initial if values is None else values)
+        self.program.global_step.assign(at_step)
+        self.program.withheld_updates.assign(0)
+        self.program.reset("train")
+
+    def train_once(self, parts: Sequence[Batch]) -> None:
+        """Runs one training step from the variables as they are, replica i reading ``parts[i]``."""
+        if len(parts) != self.replicas:
+            raise ValueError(f"give one part per replica: {self.replicas} replicas, {len(parts)} parts")
+        dataset = _padded_dataset(parts)
+        if self.replicas == 1:
+            iterator = iter(dataset)
+        else:
+            iterator = iter(self.program.strategy.distribute_datasets_from_function(lambda _: dataset))
+        self.program.train(iterator, 1)
+
+    def run(
+        self, parts: Sequence[Batch], start: Sequence[np.ndarray] | None = None, at_step: int = 0
+    ) -> dict[str, Any]:
+        """Runs ONE training step from the snapshot (or `start`), replica i reading ``parts[i]``,
+        as global step `at_step` (a different step draws different random numbers), then puts
+        the variables back.
+
+        Returns:
+          ``weights`` (every variable's value after the step, as in `variables`), ``states``
+          (the train metric states) and ``withheld`` (updates withheld by a transform).
+        """
+        self.restore(start, at_step)
+        self.train_once(parts)
+        result = {
+            "weights": [v.numpy() for v in self.variables],
+            "states": self.program.states("train"),
+            "withheld": int(self.program.withheld_updates.numpy()),
+        }
+        self.restore(start)
+        return result
+
+
+_RUNNERS: dict[Any, tuple[Any, StepRunner]] = {}
+
+
+def cached_runner(key: Any, owner: Any, make: Any) -> StepRunner:
+    """The runner made by ``make()`` for `key`, made once per process; `owner` (the
+    object the key is derived from) is kept alive so its id is never reused."""
+    if key not in _RUNNERS:
+        _RUNNERS[key] = (owner, make())
+    return _RUNNERS[key][1]
+
+
+def runner_for(step: Step) -> StepRunner:
+    """The process's one single-replica runner of `step` (compiled on first use)."""
+    return cached_runner(("step", id(step)), step, lambda: StepRunner(step))
+
+
+def cached_programs() -> list[Program]:
+    """Every program the checkers compiled in this process (to assert that none retraced).
+
+    Example:
+      >>> assert all(p.trace_counts == {"train": 1} for p in cached_programs())
+    """
+    programs = []
+    for _, made in _RUNNERS.values():
+        runners = [made] if isinstance(made, StepRunner) else [made.one, made.many]
+        programs += [runner.program for runner in runners]
+    return programs
