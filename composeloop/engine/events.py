@@ -50,7 +50,7 @@ class RunState:
     @property
     def step(self) -> int:
         """Global training steps done so far."""
-        return int(self.program.global_step)
+        return int(self.program.global_step.numpy())
 
     @property
     def logs(self) -> Mapping[str, Any]:

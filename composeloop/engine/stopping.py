@@ -120,10 +120,10 @@ def nan_policy(policy: NanPolicy | str) -> list[Handler]:
     seen = {"count": 0}
 
     def remember(state: RunState) -> None:
-        seen["count"] = int(state.program.nonfinite_steps)
+        seen["count"] = int(state.program.nonfinite_steps.numpy())
 
     def check(state: RunState) -> None:
-        count = int(state.program.nonfinite_steps)
+        count = int(state.program.nonfinite_steps.numpy())
         if count == seen["count"] or policy is NanPolicy.skip:
             return
         seen["count"] = count

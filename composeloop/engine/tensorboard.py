@@ -66,7 +66,7 @@ def _step_scalars(program: Program) -> dict[str, float]:
     recorded = program.last_logs if program.record_logs else {}
     for name, variable in recorded.items():
         phase, key = name.split("/", 1)
-        scalars[f"{key}/{phase}"] = float(variable)
+        scalars[f"{key}/{phase}"] = float(variable.numpy())
     return scalars
 
 

@@ -6,7 +6,8 @@ the invariant, the variable or field, and the size of the violation:
 
 - `check_global_norm_clip` (1), `check_aggregate_linearity` (2), `check_skip_nonfinite` (5);
 - `check_replica_invariance` (3, 9), `check_phase_isolation` (6);
-- `check_batch_split_invariance` (7), `check_metric_range` and `check_reset_gives_empty` (8).
+- `check_batch_split_invariance` (7), `check_metric_range` and `check_reset_gives_empty` (8);
+- `check_exact_resume` (10).
 
 Compiled programs are cached per step builder (or step) for the process, so a property
 traces once however many examples it draws (`cached_programs()` lists them, to assert it).
@@ -33,6 +34,7 @@ from composeloop.testing.harness import (
 )
 from composeloop.testing.metrics import check_batch_split_invariance, check_metric_range, check_reset_gives_empty
 from composeloop.testing.profiles import load_profile, register_profiles
+from composeloop.testing.resume import check_exact_resume
 from composeloop.testing.steps import check_phase_isolation, check_replica_invariance
 from composeloop.testing.violations import InvariantViolation
 
@@ -42,6 +44,7 @@ __all__ = [
     "cached_programs",
     "check_aggregate_linearity",
     "check_batch_split_invariance",
+    "check_exact_resume",
     "check_global_norm_clip",
     "check_metric_range",
     "check_phase_isolation",
