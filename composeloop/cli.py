@@ -9,6 +9,7 @@ Set HYDRA_FULL_ERROR=1 to get tracebacks instead. Nothing imports this module.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -109,14 +110,18 @@ def _quiet_native_logs() -> Iterator[None]:
 
 
 def _job(tree: DictConfig) -> None:
+    from composeloop.config import build
     from composeloop.config.experiments import run
 
     try:
         config = to_config(tree)
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)  # Hydra's INFO root would show its chatter
         with _quiet_native_logs():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # probes drivers: its complaints stay quiet too
+            # Logical CPUs and multi-worker collectives must be set up before any device starts.
+            build.build_strategy(config.strategy)
         directory = Path(HydraConfig.get().runtime.output_dir)
         summary = run(config, directory)
         print(f"composeloop: {config.experiment} finished in {summary['wall_s']:.1f}s; outputs in {directory}")

@@ -35,6 +35,7 @@ def train_classifier(config: Config, directory: Path) -> dict[str, Any]:
 
     import keras
 
+    from composeloop.engine import strategies
     from composeloop.engine.compile import compile_step
     from composeloop.engine.loop import fit
     from composeloop.engine.report import MetricsLog, write_json_atomically
@@ -42,12 +43,17 @@ def train_classifier(config: Config, directory: Path) -> dict[str, Any]:
     from composeloop.parts.recipes import classifier_step
 
     keras.utils.set_random_seed(config.seed)
-    model = build.build_model(config.model, data)
-    step = classifier_step(
-        model, build.build_optimizer(config.optimizer), transform=build.build_transform(config.gradient)
-    )
+    build.set_precision(config.train.precision)
+    placed = build.build_strategy(config.strategy)
+    directory = strategies.output_directory(placed.strategy, directory)  # only the chief writes the run's
+    with placed.strategy.scope():
+        model = build.build_model(config.model, data)
+        step = classifier_step(
+            model, build.build_optimizer(config.optimizer), transform=build.build_transform(config.gradient)
+        )
     program = compile_step(
-        step,
+        build.adapt_step(step, config.train),
+        strategy=placed.strategy,
         steps_per_execution=config.train.steps_per_execution,
         jit_compile=config.train.jit_compile,
         seed=config.seed,
@@ -65,11 +71,12 @@ def train_classifier(config: Config, directory: Path) -> dict[str, Any]:
         "experiment": config.experiment,
         "status": "completed",
         "epochs": len(history),
-        "steps": int(program.global_step),
+        "steps": int(program.global_step.read_value()),
         "metrics": {k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"},
         "wall_s": time.perf_counter() - started,
         "traces": program.trace_counts,
-        "withheld_updates": int(program.withheld_updates),
+        "withheld_updates": int(program.withheld_updates.read_value()),
+        "replicas": placed.replicas,
     }
     write_json_atomically(directory / "summary.json", summary)
     return summary

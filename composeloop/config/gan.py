@@ -74,7 +74,7 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
     import keras
 
     from composeloop import step as cs
-    from composeloop.engine import compile_step, fit
+    from composeloop.engine import compile_step, fit, strategies
     from composeloop.engine.report import MetricsLog, write_json_atomically
     from composeloop.parts import gan as parts
     from composeloop.parts.data import batches
@@ -84,22 +84,27 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
     size = gan.image_size
     x_train, x_val = _images(data.x_train, size, "x_train"), _images(data.x_val, size, "x_val")
     keras.utils.set_random_seed(config.seed)
-    generator = parts.generator(gan.latent_dim, gan.generator_size or size, gan.width)
-    discriminator = parts.discriminator(size, gan.width)
-    step = parts.gan_step(
-        generator,
-        discriminator,
-        _optimizer(gan.d_optimizer, gan.d_learning_rate, gan),
-        _optimizer(gan.g_optimizer, gan.g_learning_rate, gan),
-        latent_dim=gan.latent_dim,
-        loss=gan.loss.value,
-        label_noise=gan.label_noise,
-        penalty=gan.gradient_penalty,
-        n_critic=gan.n_critic,
-        transform=cs.clip_by_norm(gan.clip_norm) if gan.clip_norm else None,
-    )
+    build.set_precision(config.train.precision)
+    placed = build.build_strategy(config.strategy)
+    directory = strategies.output_directory(placed.strategy, directory)  # only the chief writes the run's
+    with placed.strategy.scope():
+        generator = parts.generator(gan.latent_dim, gan.generator_size or size, gan.width)
+        discriminator = parts.discriminator(size, gan.width)
+        step = parts.gan_step(
+            generator,
+            discriminator,
+            _optimizer(gan.d_optimizer, gan.d_learning_rate, gan),
+            _optimizer(gan.g_optimizer, gan.g_learning_rate, gan),
+            latent_dim=gan.latent_dim,
+            loss=gan.loss.value,
+            label_noise=gan.label_noise,
+            penalty=gan.gradient_penalty,
+            n_critic=gan.n_critic,
+            transform=cs.clip_by_norm(gan.clip_norm) if gan.clip_norm else None,
+        )
     program = compile_step(
-        step,
+        build.adapt_step(step, config.train),
+        strategy=placed.strategy,
         steps_per_execution=config.train.steps_per_execution,
         jit_compile=config.train.jit_compile,
         seed=config.seed,
@@ -138,7 +143,7 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
         "experiment": config.experiment,
         "status": "completed",
         "epochs": len(history),
-        "steps": int(program.global_step),
+        "steps": int(program.global_step.read_value()),
         **{name: last[name] for name in ("d_loss", "g_loss", "gp") if name in last},
         "metrics": last,
         **quality,
@@ -147,7 +152,8 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
         "real_digit_confidence": reference["digit_confidence"],
         "wall_s": time.perf_counter() - started,
         "traces": program.trace_counts,
-        "withheld_updates": int(program.withheld_updates),
+        "withheld_updates": int(program.withheld_updates.read_value()),
+        "replicas": placed.replicas,
     }
     write_json_atomically(directory / "summary.json", summary)
     return summary

@@ -70,6 +70,19 @@ class OptimizerName(enum.Enum):
     sgd = "sgd"
 
 
+class StrategyName(enum.Enum):
+    default = "default"
+    one_device = "one_device"
+    mirrored = "mirrored"
+    multi_worker = "multi_worker"
+
+
+class Precision(enum.Enum):
+    float32 = "float32"
+    mixed_bfloat16 = "mixed_bfloat16"
+    mixed_float16 = "mixed_float16"
+
+
 class GanLoss(enum.Enum):
     non_saturating = "non_saturating"
     minimax = "minimax"
@@ -121,6 +134,17 @@ class TrainConfig:
     epochs: int = attrs.field(default=10, validator=non_negative)
     steps_per_execution: int = attrs.field(default=1, validator=at_least_one)
     jit_compile: bool = False
+    accumulate: int = attrs.field(default=1, validator=at_least_one)
+    precision: Precision = Precision.float32
+
+
+@attrs.define
+class StrategyConfig:
+    """Where a run's replicas live: `name` picks the tf.distribute strategy."""
+
+    name: StrategyName = StrategyName.default
+    devices: List[str] = []  # noqa: UP006 - one_device/mirrored: exact devices; empty: chosen
+    logical_cpus: int = attrs.field(default=2, validator=at_least_one)
 
 
 @attrs.define
@@ -157,6 +181,7 @@ class Config:
     gradient: GradientConfig = GradientConfig()
     train: TrainConfig = TrainConfig()
     gan: GanConfig = GanConfig()
+    strategy: StrategyConfig = StrategyConfig()
 
 
 def validate(instance: Any, path: str = "") -> None:

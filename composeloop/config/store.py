@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from composeloop.config.build import check_cluster
 from composeloop.config.schema import Config, DataSource, validate
 from composeloop.errors import ConfigError
 
@@ -51,3 +52,4 @@ def _check_across_sections(config: Config) -> None:
     # OmegaConf lets the schema's `path: None` win over the group's `???`, so check here.
     if config.data.source is DataSource.npz and not config.data.path:
         raise ConfigError("data.path: data=npz needs a file: set data.path=FILE.npz")
+    check_cluster(config.strategy)  # a malformed TF_CONFIG fails before TensorFlow loads

@@ -16,8 +16,8 @@ from typing import Any
 import tensorflow as tf
 
 from composeloop.engine.distribute import replica_id, replication_for
-from composeloop.step.apply import build_apply
 from composeloop.step.compose import Step, fold_seed
+from composeloop.step.phase import build_phase
 from composeloop.step.records import Context
 
 
@@ -114,8 +114,8 @@ class Program:
             )
             self.metric_states = {"train": _state_variables(step, "train"), "eval": _state_variables(step, "eval")}
             for phase in step.phases:
-                # Optimizer slots cannot be created inside a trace: build them now.
-                build_apply(phase.apply, step.variables(phase))
+                # Optimizer slots and other stage state cannot be created inside a trace.
+                build_phase(phase, step.variables(phase))
         on_batch = {"train": self._train_on_batch, "eval": self._evaluate_on_batch}
         if jit_compile:
             on_batch = {kind: tf.function(fn, jit_compile=True) for kind, fn in on_batch.items()}
@@ -178,7 +178,11 @@ class Program:
         """The dataset as this program's strategy wants it (split over replicas)."""
         if self.strategy.num_replicas_in_sync == 1:
             return dataset
-        return self.strategy.experimental_distribute_dataset(dataset)
+        # Each global batch is split over the replicas (of every worker), a short last
+        # batch included; DATA sharding because in-memory datasets have no files to split.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
     def train(self, iterator: Any, num_steps: int | None = None) -> int:
         """Runs up to `num_steps` (default: steps_per_execution) training steps.

@@ -22,6 +22,7 @@ from composeloop.step.gradients import Transform, identity
 from composeloop.step.losses import Loss
 from composeloop.step.metrics import Metric, State, merge
 from composeloop.step.records import Context, Gradients, Tensors
+from composeloop.step.stateful import build_stage
 
 
 def _at_least_one(instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -66,6 +67,13 @@ def phase_variables(phase: Phase, models: Mapping[str, Any]) -> list[tf.Variable
                 seen.add(id(variable))
                 variables.append(variable)
     return variables
+
+
+def build_phase(phase: Phase, variables: Sequence[tf.Variable]) -> None:
+    """Creates the state of every stateful stage in the phase (optimizer slots, accumulators,
+    loss scales); the engine calls it in the strategy's scope before tracing."""
+    for slot in (phase.aggregate, phase.transform, phase.apply):
+        build_stage(slot, variables)
 
 
 def _call_slot(phase: Phase, slot: str, fn: Callable, *args: Any) -> Any:
