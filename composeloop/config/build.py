@@ -109,7 +109,7 @@ def build_strategy(config: StrategyConfig) -> Any:
 def check_cluster(config: StrategyConfig) -> None:
     """For strategy=multi_worker: checks TF_CONFIG before TensorFlow loads (ConfigError naming the key)."""
     if config.name is StrategyName.multi_worker:
-        from composeloop.engine.cluster import require_task
+        from composeloop.cluster import require_task
 
         require_task()
 

@@ -11,7 +11,9 @@ can reuse collective keys and abort each other's all-reduces. It does not read c
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import attrs
 import tensorflow as tf
 
-from composeloop.engine.cluster import require_task
+from composeloop.cluster import require_task
 from composeloop.errors import ConfigError
 
 KINDS = ("default", "one_device", "mirrored", "multi_worker")
@@ -156,11 +158,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def output_directory(strategy: tf.distribute.Strategy, directory: Path) -> Path:
-    """`directory` on the chief; a fresh temporary directory on every other worker.
+    """`directory` on the chief; on every other worker a temporary directory, removed at exit.
 
     Every worker runs the same program (saving included, so no collective is left
     waiting), but only the chief's files land in the run directory.
     """
     if is_chief(strategy):
         return directory
-    return Path(tempfile.mkdtemp(prefix="composeloop-worker-"))
+    scratch = tempfile.mkdtemp(prefix="composeloop-worker-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return Path(scratch)

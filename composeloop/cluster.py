@@ -2,8 +2,9 @@
 
 This module owns reading and checking TF_CONFIG (a malformed one is a `ConfigError` naming
 the key, raised before TensorFlow loads) and writing one per local worker for the
-launcher. It is plain Python on purpose: the CLI checks TF_CONFIG in its preflight, before
-paying for TensorFlow's import. It does not create strategies (see `strategies`).
+launcher. It is plain Python and lives outside `engine` (whose import loads TensorFlow) on
+purpose: the CLI checks TF_CONFIG in its preflight, and the launcher writes TF_CONFIGs,
+without paying for TensorFlow's import. It does not create strategies (see `engine.strategies`).
 """
 
 from __future__ import annotations
