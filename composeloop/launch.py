@@ -126,9 +126,17 @@ def launch(args: Sequence[str], workers: int) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad launcher arguments are one line and exit 2, like composeloop's own."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"composeloop.launch: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `python -m composeloop.launch`."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m composeloop.launch",
         description="Run N local composeloop workers (MultiWorkerMirroredStrategy) on loopback ports.",
         epilog="example: python -m composeloop.launch --workers 2 -- +experiment=multi_gpu strategy=multi_worker",
