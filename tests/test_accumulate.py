@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import keras
 import numpy as np
 import pytest
@@ -109,3 +110,14 @@ def test_accumulate_rejects_fewer_than_one_and_sharing():
     stage.build([tf.Variable(1.0)])
     with pytest.raises(ComposeError, match="one phase"):
         stage.build([tf.Variable(2.0)])
+
+
+def test_program_keeps_stage_state_for_checkpoints():
+    model = tiny_model()
+    stage = accumulate(2)
+    phase = attrs.evolve(classifier_phase(keras.optimizers.SGD(0.1, momentum=0.9)), transform=stage)
+    program = compile_step(cs.compose(phase, models={"model": model}))
+    made = {id(v) for v in program.stage_variables}
+    assert len(stage.variables) == len(model.trainable_variables) + 2  # sums, examples, micro-batches
+    assert {id(v) for v in stage.variables} <= made
+    assert len(made) > len(stage.variables)  # the optimizer's slots too

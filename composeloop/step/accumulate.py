@@ -44,7 +44,7 @@ class Accumulate:
         self.sums: list[tf.Variable] = []
         self.weight: tf.Variable | None = None
         self.count: tf.Variable | None = None
-        self._owner: list[int] = []
+        self._owner: list[tf.Variable] = []
 
     @property
     def variables(self) -> list[tf.Variable]:
@@ -52,12 +52,11 @@ class Accumulate:
         return [*self.sums, *([self.weight, self.count] if self.weight is not None else [])]
 
     def build(self, variables: Sequence[tf.Variable]) -> None:
-        owner = [id(v) for v in variables]
         if self.weight is not None:
-            if owner != self._owner:
+            if [id(v) for v in variables] != [id(v) for v in self._owner]:  # the owner's are alive: ids are safe
                 raise ComposeError("accumulate: one accumulate stage serves one phase; give each phase its own")
             return
-        self._owner = owner
+        self._owner = list(variables)
         self.sums = [
             state_variable(tf.zeros(tuple(v.shape), tf.as_dtype(v.dtype)), f"accumulated_{i}")
             for i, v in enumerate(variables)
