@@ -42,10 +42,18 @@ def summary(directory: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> list[np.ndarray]:
-    directory = tmp_path_factory.mktemp("one") / "run"
-    result = cli(*RUN, f"hydra.run.dir={directory}", cwd=directory.parent)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert summary(directory)["replicas"] == 1
+    """The one-device run, in this process (the same code the CLI runs, without its start-up)."""
+    from hydra import compose, initialize_config_dir
+
+    from composeloop.cli import config_dir
+    from composeloop.config.experiments import run
+    from composeloop.config.store import register, to_config
+
+    register()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        config = to_config(compose(config_name="config", overrides=list(RUN)))
+    directory = tmp_path_factory.mktemp("one")
+    assert run(config, directory)["replicas"] == 1
     return final_weights(directory)
 
 

@@ -45,13 +45,6 @@ BAD_INPUT = [
         id="mirrored-device-missing",
         marks=slow,
     ),
-    pytest.param(
-        ["strategy=one_device", "strategy.devices=[/cpu:5]"],
-        None,
-        ["strategy.devices", "/cpu:5"],
-        id="one-device",
-        marks=slow,
-    ),
 ]
 
 
