@@ -105,7 +105,13 @@ def _one_device(devices: Sequence[str]) -> Placed:
 
 def _multi_worker() -> Placed:
     task = require_task()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as error:  # "Collective ops must be configured at program startup"
+        raise ConfigError(
+            f"strategy.name: multi_worker must be set up before TensorFlow starts ({error}); "
+            "run it through python -m composeloop"
+        ) from None
     return Placed(
         strategy,
         f"MultiWorkerMirroredStrategy: {task.kind} {task.index} of {task.workers} workers, "
