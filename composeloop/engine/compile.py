@@ -68,15 +68,6 @@ def _assign(variables: Mapping[str, Mapping[str, tf.Variable]], states: Mapping[
             variable.assign(states[name][field])
 
 
-def _recording(made: list[tf.Variable]):
-    def creator(next_creator, **kwargs):
-        variable = next_creator(**kwargs)
-        made.append(variable)
-        return variable
-
-    return creator
-
-
 def _batch_size(batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
     first = next(iter(batch.values()))
     return tf.cast(tf.shape(first)[0], tf.float32)
@@ -86,9 +77,9 @@ class Program:
     """A compiled step: call `train` and `evaluate` with an iterator and a step count.
 
     Build it with `compile_step`. Its state (global step, metric states, the models'
-    and optimizers' variables, and `stage_variables`: what stateful stages such as
-    optimizers, accumulators and loss scales created) lives in variables, so it can be
-    checkpointed.
+    and optimizers' variables, and `stage_variables`: by phase, what stateful aggregation
+    and transform stages such as accumulators and loss scales created) lives in variables,
+    so it can be checkpointed.
     """
 
     def __init__(
@@ -125,11 +116,8 @@ class Program:
             )
             self.metric_states = {"train": _state_variables(step, "train"), "eval": _state_variables(step, "eval")}
             # Optimizer slots and other stage state (accumulators, loss scales) cannot be
-            # created inside a trace; the variables made here are kept for checkpoints.
-            self.stage_variables: list[tf.Variable] = []
-            with tf.variable_creator_scope(_recording(self.stage_variables)):
-                for phase in step.phases:
-                    build_phase(phase, step.variables(phase))
+            # created inside a trace; the latter are kept, by phase, for checkpoints.
+            self.stage_variables = {phase.name: build_phase(phase, step.variables(phase)) for phase in step.phases}
         on_batch = {"train": self._train_on_batch, "eval": self._evaluate_on_batch}
         if jit_compile:
             on_batch = {kind: tf.function(fn, jit_compile=True) for kind, fn in on_batch.items()}
