@@ -82,3 +82,21 @@ def test_loss_scale_checks_its_arguments_and_build():
         cs.chain(loss_scaled(classifier_phase(keras.optimizers.SGD(0.1))).transform)(
             cs.Gradients([tf.ones(1)]), [], None
         )
+
+
+def test_loss_scaling_is_transparent_when_nothing_overflows():
+    """A power-of-two scale, multiplied in and divided out: the update is the unscaled one, bit for bit
+    (float32 here), with a global-norm clip after the unscaling seeing the true gradient."""
+    x, y = tiny_data(12)
+    updates = []
+    for scaled in (False, True):
+        model = tiny_model(l2=0.01)
+        initial = values(model.weights)
+        phase = classifier_phase(keras.optimizers.SGD(0.5), transform=cs.clip_by_global_norm(0.1))
+        if scaled:
+            phase = loss_scaled(phase, DynamicLossScale(initial=2.0**12, growth_interval=1))
+        compile_step(cs.compose(phase, models={"model": model})).train(iter(dataset(x, y, 6)), 2)
+        updates.append([after - before for after, before in zip(values(model.weights), initial, strict=True)])
+    for plain, scaled in zip(*updates, strict=True):
+        np.testing.assert_array_equal(plain, scaled)
+    assert any(np.abs(u).max() > 0 for u in updates[0])
