@@ -21,7 +21,6 @@ from test_cli import cli
 from composeloop.launch import worker_commands
 
 RUN = ("data=synthetic", "data.synthetic_examples=64", "data.batch_size=9", "train.epochs=2", "optimizer=sgd")
-pytestmark = pytest.mark.slow
 
 
 def final_weights(directory: Path) -> list[np.ndarray]:
@@ -57,6 +56,7 @@ def reference(tmp_path_factory) -> list[np.ndarray]:
     return final_weights(directory)
 
 
+@pytest.mark.slow
 def test_multi_gpu_on_cpu_runs_two_logical_devices(tmp_path, reference):
     directory = tmp_path / "run"
     result = cli("+experiment=multi_gpu", *RUN, f"hydra.run.dir={directory}", cwd=tmp_path)
@@ -68,6 +68,7 @@ def test_multi_gpu_on_cpu_runs_two_logical_devices(tmp_path, reference):
     assert_same_weights(directory, reference)
 
 
+@pytest.mark.slow
 def test_two_workers_on_loopback_end_with_the_one_process_weights(tmp_path, reference):
     directory = tmp_path / "run"
     result = subprocess.run(

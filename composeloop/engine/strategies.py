@@ -74,7 +74,8 @@ def _check_devices(devices: Sequence[str]) -> None:
             raise ConfigError(f"strategy.devices: {device!r} is not a device name (like /gpu:0 or /cpu:1)") from None
         if not any(_same_device(spec, other) for other in present):
             names = ", ".join(f"/{p.device_type.lower()}:{p.device_index}" for p in present)
-            raise ConfigError(f"strategy.devices: {device} does not exist here (devices: {names})")
+            hint = "; strategy.logical_cpus sets how many CPU devices there are" if spec.device_type == "CPU" else ""
+            raise ConfigError(f"strategy.devices: {device} does not exist here (devices: {names}){hint}")
 
 
 def _mirrored(devices: Sequence[str], logical_cpus: int) -> Placed:
