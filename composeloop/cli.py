@@ -138,6 +138,7 @@ def _quiet_native_logs() -> Iterator[None]:
 
 
 def _job(tree: DictConfig) -> dict[str, Any]:
+    from composeloop.config import build
     from composeloop.config.experiments import run
     from composeloop.config.runner import exit_code
 
@@ -150,10 +151,13 @@ def _job(tree: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         config = to_config(tree)
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)  # Hydra's INFO root would show its chatter
         with _quiet_native_logs():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # probes drivers: its complaints stay quiet too
+            # Logical CPUs and multi-worker collectives must be set up before any device starts.
+            build.build_strategy(config.strategy)
         sweep.fresh_state(config.seed)
         summary = run(config, directory)
     except Exception as error:

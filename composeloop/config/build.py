@@ -1,4 +1,4 @@
-"""Builders: validated config sections -> data, models, optimizers, gradient transforms.
+"""Builders: validated config sections -> data, models, optimizers, transforms, strategies.
 
 This module owns the mapping from config values to objects; it holds no training logic.
 Imports of TensorFlow and Keras happen here, after the config has been validated, so that
@@ -16,7 +16,11 @@ from composeloop.config.schema import (
     ModelConfig,
     OptimizerConfig,
     OptimizerName,
+    Precision,
     Schedule,
+    StrategyConfig,
+    StrategyName,
+    TrainConfig,
 )
 from composeloop.errors import ConfigError
 from composeloop.parts import data as datasets
@@ -104,3 +108,56 @@ def build_transform(config: GradientConfig) -> Any:
     if config.clip_global_norm is not None:
         transforms.append(step.clip_by_global_norm(config.clip_global_norm))
     return step.chain(*transforms)
+
+
+_announced: set[str] = set()
+
+
+def build_strategy(config: StrategyConfig) -> Any:
+    """The configured strategy, made once per process, with its note printed the first time.
+
+    The CLI calls this before anything touches a device (logical CPUs and multi-worker
+    collectives must be set up before TensorFlow initialises); later calls, such as the
+    experiment's, get the same strategy.
+
+    Returns:
+      A `composeloop.engine.strategies.Placed` (``.strategy``, ``.replicas``, ``.note``).
+    """
+    from composeloop.engine import strategies
+
+    placed = strategies.place(config.name.value, config.devices, config.logical_cpus)
+    if config.name is not StrategyName.default and placed.note not in _announced:
+        _announced.add(placed.note)
+        print(f"composeloop: {placed.note}", flush=True)
+    return placed
+
+
+def check_cluster(config: StrategyConfig) -> None:
+    """For strategy=multi_worker: checks TF_CONFIG before TensorFlow loads (ConfigError naming the key)."""
+    if config.name is StrategyName.multi_worker:
+        from composeloop.cluster import require_task
+
+        require_task()
+
+
+def set_precision(precision: Precision) -> None:
+    """Sets Keras's global dtype policy; models built afterwards compute in it (float32 too,
+    so that one job of a multirun does not leak its policy into the next)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(precision.value)
+
+
+def adapt_step(step: Any, config: TrainConfig) -> Any:
+    """The step with accumulation (train.accumulate) and float16 loss scaling (train.precision)
+    wired into every phase; the step itself, untouched, for accumulate=1 and no float16."""
+    from composeloop.step import compose
+    from composeloop.step.accumulate import accumulated
+    from composeloop.step.precision import loss_scaled
+
+    if config.accumulate == 1 and config.precision is not Precision.mixed_float16:
+        return step
+    phases = [accumulated(phase, config.accumulate) for phase in step.phases]
+    if config.precision is Precision.mixed_float16:
+        phases = [loss_scaled(phase) for phase in phases]
+    return compose(*phases, models=step.models)

@@ -27,27 +27,32 @@ def train_classifier(config: Config, directory: Path) -> dict[str, Any]:
 
     import keras
 
+    from composeloop.engine import strategies
     from composeloop.engine.compile import compile_step
     from composeloop.engine.report import write_json_atomically
     from composeloop.parts.data import batches
     from composeloop.parts.recipes import classifier_step
 
     keras.utils.set_random_seed(config.seed)
-    model = build.build_model(config.model, data)
+    build.set_precision(config.train.precision)
+    placed = build.build_strategy(config.strategy)
+    outputs = strategies.output_directory(placed.strategy, directory)  # only the chief writes the run's
     batch_size = config.data.batch_size
-    total_steps = math.ceil(len(data.x_train) / batch_size) * config.train.epochs
-    optimizer = build.build_optimizer(config.optimizer, total_steps)
-    step = classifier_step(model, optimizer, transform=build.build_transform(config.gradient))
-    program = compile_step(step, **runner.compile_options(config))
+    updates = math.ceil(len(data.x_train) / batch_size) * config.train.epochs // config.train.accumulate
+    with placed.strategy.scope():
+        model = build.build_model(config.model, data)
+        optimizer = build.build_optimizer(config.optimizer, max(updates, 1))
+        step = classifier_step(model, optimizer, transform=build.build_transform(config.gradient))
+    program = compile_step(build.adapt_step(step, config.train), **runner.compile_options(config, placed.strategy))
     training = runner.Training(
         program,
         lambda epoch: batches(data.x_train, data.y_train, batch_size, seed=config.seed, epoch=epoch),
         lambda: batches(data.x_val, data.y_val, batch_size, shuffle=False),
     )
-    state = runner.train(config, directory, training)
-    model.save(directory / "model.keras")  # the best epoch's weights when early stopping restored them
+    state = runner.train(config, outputs, training, restore_from=directory)
+    model.save(outputs / "model.keras")  # the best epoch's weights when early stopping restored them
     summary = runner.summary(config, state, started)
-    write_json_atomically(directory / "summary.json", summary)
+    write_json_atomically(outputs / "summary.json", summary)
     return summary
 
 

@@ -74,7 +74,7 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
     import keras
 
     from composeloop import step as cs
-    from composeloop.engine import compile_step
+    from composeloop.engine import compile_step, strategies
     from composeloop.engine.events import on_epoch_end
     from composeloop.engine.report import write_json_atomically
     from composeloop.parts import gan as parts
@@ -85,21 +85,25 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
     size = gan.image_size
     x_train, x_val = _images(data.x_train, size, "x_train"), _images(data.x_val, size, "x_val")
     keras.utils.set_random_seed(config.seed)
-    generator = parts.generator(gan.latent_dim, gan.generator_size or size, gan.width)
-    discriminator = parts.discriminator(size, gan.width)
-    step = parts.gan_step(
-        generator,
-        discriminator,
-        _optimizer(gan.d_optimizer, gan.d_learning_rate, gan),
-        _optimizer(gan.g_optimizer, gan.g_learning_rate, gan),
-        latent_dim=gan.latent_dim,
-        loss=gan.loss.value,
-        label_noise=gan.label_noise,
-        penalty=gan.gradient_penalty,
-        n_critic=gan.n_critic,
-        transform=cs.clip_by_norm(gan.clip_norm) if gan.clip_norm else None,
-    )
-    program = compile_step(step, **runner.compile_options(config))
+    build.set_precision(config.train.precision)
+    placed = build.build_strategy(config.strategy)
+    outputs = strategies.output_directory(placed.strategy, directory)  # only the chief writes the run's
+    with placed.strategy.scope():
+        generator = parts.generator(gan.latent_dim, gan.generator_size or size, gan.width)
+        discriminator = parts.discriminator(size, gan.width)
+        step = parts.gan_step(
+            generator,
+            discriminator,
+            _optimizer(gan.d_optimizer, gan.d_learning_rate, gan),
+            _optimizer(gan.g_optimizer, gan.g_learning_rate, gan),
+            latent_dim=gan.latent_dim,
+            loss=gan.loss.value,
+            label_noise=gan.label_noise,
+            penalty=gan.gradient_penalty,
+            n_critic=gan.n_critic,
+            transform=cs.clip_by_norm(gan.clip_norm) if gan.clip_norm else None,
+        )
+    program = compile_step(build.adapt_step(step, config.train), **runner.compile_options(config, placed.strategy))
     # The GAN learns from every image; the held-out split only checks the score's classifier.
     x_all = np.concatenate([x_train, x_val])
     y_all = np.concatenate([data.y_train, data.y_val])
@@ -108,7 +112,7 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
 
     def samples(state: Any) -> None:
         images = parts.generate_images(generator, fixed)
-        save_grid(directory / "samples" / f"epoch_{state.epoch:03d}.png", images, columns=columns)
+        save_grid(outputs / "samples" / f"epoch_{state.epoch:03d}.png", images, columns=columns)
 
     training = runner.Training(
         program,
@@ -117,12 +121,12 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
         log_names=LOG_NAMES,
         images=lambda state: (parts.generate_images(generator, fixed[:16]) + 1.0) / 2.0,
     )
-    state = runner.train(config, directory, training)
-    generator.save(directory / "generator.keras")
-    discriminator.save(directory / "discriminator.keras")
+    state = runner.train(config, outputs, training, restore_from=directory)
+    generator.save(outputs / "generator.keras")
+    discriminator.save(outputs / "discriminator.keras")
     common = runner.summary(config, state, started, LOG_NAMES)
     if state.status in runner.UNFINISHED:  # scoring trains a classifier: not worth it for a run to resume
-        write_json_atomically(directory / "summary.json", common)
+        write_json_atomically(outputs / "summary.json", common)
         return common
 
     classifier, classifier_accuracy = train_digit_classifier(
@@ -140,5 +144,5 @@ def train_gan(config: Config, directory: Path) -> dict[str, Any]:
         "real_digit_confidence": reference["digit_confidence"],
         "wall_s": time.perf_counter() - started,
     }
-    write_json_atomically(directory / "summary.json", summary)
+    write_json_atomically(outputs / "summary.json", summary)
     return summary

@@ -34,9 +34,10 @@ def exit_code(summary: Mapping[str, Any]) -> int:
     return 128 + int(signal.Signals[name]) if name else 1
 
 
-def compile_options(config: Config) -> dict[str, Any]:
-    """`compile_step` keywords every experiment takes from its config."""
+def compile_options(config: Config, strategy: Any = None) -> dict[str, Any]:
+    """`compile_step` keywords every experiment takes from its config (and its strategy)."""
     return {
+        "strategy": strategy,
         "steps_per_execution": config.train.steps_per_execution,
         "jit_compile": config.train.jit_compile,
         "seed": config.seed,
@@ -105,18 +106,24 @@ def _renamer(names: Mapping[str, str]) -> Callable[[Mapping[str, Any]], dict[str
     return lambda logs: {names.get(key, key): value for key, value in logs.items()}
 
 
-def train(config: Config, directory: Path, training: Training, write_outputs: bool = True) -> Any:
+def train(config: Config, directory: Path, training: Training, restore_from: Path | None = None) -> Any:
     """Trains `training.program` with every service the config asks for; returns the RunState.
 
-    Resumes from the latest checkpoint in the run directory when there is one. A stop
-    signal, early stopping or the NaN policy may end the run early: see `state.status`.
+    Resumes from the latest checkpoint of the run directory `restore_from` (default:
+    `directory`) when there is one; outputs go to `directory`, which differs only on a
+    multi-worker run's non-chief workers (a scratch directory). A stop signal, early
+    stopping or the NaN policy may end the run early: see `state.status`.
     """
     from composeloop.engine import checkpoint, curves, events, progress, report, stopping, tensorboard
     from composeloop.engine.loop import run_loop
 
     program = training.program
+    sharing = restore_from is not None and Path(restore_from) != Path(directory)  # a non-chief worker
     checkpoints = checkpoint.Checkpoints(
-        checkpoint_directory(config, directory), program, keep=config.checkpoint.keep, write=write_outputs
+        directory / "checkpoints" if sharing else checkpoint_directory(config, directory),
+        program,
+        keep=config.checkpoint.keep,
+        restore_from=checkpoint_directory(config, restore_from or directory),
     )
     state = events.RunState(program, config.train.epochs)
     checkpoints.restore_latest(state)  # position and history; metric files are rewritten from it
@@ -128,13 +135,11 @@ def train(config: Config, directory: Path, training: Training, write_outputs: bo
             _save_once(checkpoints, state)
 
     handlers = [*stopping.nan_policy(config.train.nan_policy.value), *signals.handlers()]
-    if write_outputs:
-        handlers += progress.progress(interactive=config.report.progress_bar, rename=rename)
-        handlers += report.metric_files(directory, rename)
-        if config.report.tensorboard:
-            handlers += tensorboard.tensorboard(
-                directory / "tensorboard", config.report.tensorboard_every_steps, training.images
-            )
+    handlers += progress.progress(interactive=config.report.progress_bar, rename=rename)
+    handlers += report.metric_files(directory, rename)
+    if config.report.tensorboard:
+        every = config.report.tensorboard_every_steps
+        handlers += tensorboard.tensorboard(directory / "tensorboard", every, training.images)
     handlers += list(training.handlers)
     stop = config.early_stopping
     if stop.patience is not None:
@@ -148,7 +153,7 @@ def train(config: Config, directory: Path, training: Training, write_outputs: bo
     handlers.append(events.on_run_end(save_unless_nonfinite))
     if stop.patience is not None and stop.restore_best:
         handlers.append(events.on_run_end(lambda s: _restore_best(checkpoints, s)))
-    if write_outputs and config.report.curves:
+    if config.report.curves:
         handlers.append(curves.curves(directory / "curves.png", title=f"{config.experiment} ({directory.name})"))
     with signals.installed():
         return run_loop(
@@ -192,6 +197,7 @@ def summary(config: Config, state: Any, started: float, log_names: Mapping[str, 
         "metrics": last,
         "best_epoch": None if best is None else best + 1,
         f"best_{monitor}": None if best is None else state.history[best][monitor],
+        "replicas": program.replication.num_replicas,
         "nonfinite_steps": int(program.nonfinite_steps.numpy()),
         "withheld_updates": int(program.withheld_updates.numpy()),
         "resumed_from_step": state.extras.get("resumed_from_step"),

@@ -91,6 +91,19 @@ class MonitorMode(enum.Enum):
     max = "max"
 
 
+class StrategyName(enum.Enum):
+    default = "default"
+    one_device = "one_device"
+    mirrored = "mirrored"
+    multi_worker = "multi_worker"
+
+
+class Precision(enum.Enum):
+    float32 = "float32"
+    mixed_bfloat16 = "mixed_bfloat16"
+    mixed_float16 = "mixed_float16"
+
+
 class GanLoss(enum.Enum):
     non_saturating = "non_saturating"
     minimax = "minimax"
@@ -149,6 +162,8 @@ class TrainConfig:
     steps_per_execution: int = attrs.field(default=1, validator=at_least_one)
     jit_compile: bool = False
     nan_policy: NanPolicy = NanPolicy["raise"]
+    accumulate: int = attrs.field(default=1, validator=at_least_one)
+    precision: Precision = Precision.float32
 
 
 @attrs.define
@@ -180,6 +195,16 @@ class ReportConfig:
     tensorboard: bool = True
     tensorboard_every_steps: Optional[int] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
     curves: bool = True
+
+
+
+@attrs.define
+class StrategyConfig:
+    """Where a run's replicas live: `name` picks the tf.distribute strategy."""
+
+    name: StrategyName = StrategyName.default
+    devices: List[str] = []  # noqa: UP006 - one_device/mirrored: exact devices; empty: chosen
+    logical_cpus: int = attrs.field(default=2, validator=at_least_one)
 
 
 @attrs.define
@@ -220,6 +245,7 @@ class Config:
     checkpoint: CheckpointConfig = CheckpointConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     report: ReportConfig = ReportConfig()
+    strategy: StrategyConfig = StrategyConfig()
 
 
 def validate(instance: Any, path: str = "") -> None:

@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from composeloop.config.build import check_cluster
 from composeloop.config.schema import Config, DataSource, Schedule, validate
 from composeloop.errors import ConfigError
 
@@ -57,3 +58,4 @@ def _check_across_sections(config: Config) -> None:
             f"optimizer.min_learning_rate: must be below optimizer.learning_rate ({optimizer.learning_rate}) "
             f"for schedule={optimizer.schedule.value}, got {optimizer.min_learning_rate}"
         )
+    check_cluster(config.strategy)  # a malformed TF_CONFIG fails before TensorFlow loads

@@ -54,16 +54,18 @@ class Checkpoints:
       directory: where rolling checkpoints go; the best one goes to ``directory/best``.
       program: the compiled program whose state is saved.
       keep: how many rolling checkpoints to keep (the best one is kept apart).
-      write: False on a worker that must take part in a save but not keep it (a
-        multi-worker run's non-chief): it writes to a throwaway directory.
+      restore_from: where `latest` looks (default: `directory`). A multi-worker run's
+        non-chief workers restore the chief's checkpoints but write their own copies,
+        which every worker must do to take part in the save, into a scratch directory.
 
     Example:
       >>> checkpoints = Checkpoints(run_dir / "checkpoints", program, keep=3)
       >>> state = checkpoints.restore_latest(state)  # resumes where the last run stopped
     """
 
-    def __init__(self, directory: Path, program: Program, keep: int = 3, write: bool = True) -> None:
-        self.directory = Path(directory) if write else Path(tempfile.mkdtemp(prefix="composeloop-ckpt-"))
+    def __init__(self, directory: Path, program: Program, keep: int = 3, restore_from: Path | None = None) -> None:
+        self.directory = Path(directory)
+        self.restore_from = Path(restore_from or directory)
         check_writable(self.directory)
         self.position = {
             "epoch": tf.Variable(0, dtype=tf.int64, trainable=False, name="position_epoch"),
@@ -99,7 +101,7 @@ class Checkpoints:
 
     @property
     def latest(self) -> str | None:
-        return self.rolling.latest_checkpoint
+        return tf.train.latest_checkpoint(str(self.restore_from))
 
     @property
     def latest_best(self) -> str | None:

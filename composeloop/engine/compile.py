@@ -16,8 +16,9 @@ from typing import Any
 import tensorflow as tf
 
 from composeloop.engine.distribute import replica_id, replication_for
-from composeloop.step.apply import apply_variables, build_apply
+from composeloop.step.apply import apply_variables
 from composeloop.step.compose import Step, fold_seed
+from composeloop.step.phase import build_phase
 from composeloop.step.records import Context
 
 
@@ -84,7 +85,9 @@ class Program:
     """A compiled step: call `train` and `evaluate` with an iterator and a step count.
 
     Build it with `compile_step`. Its state (global step, metric states, the models'
-    and optimizers' variables) lives in variables, so it can be checkpointed.
+    and optimizers' variables, and `stage_variables`: by phase, what stateful aggregation
+    and transform stages such as accumulators and loss scales created) lives in variables,
+    so it can be checkpointed.
 
     A training step whose objective is not finite is counted in `nonfinite_steps`; with
     `halt_on_nonfinite` the compiled loop returns right after it (so it was step
@@ -124,9 +127,9 @@ class Program:
                 for key in ("objective", "grad_norm")
             }
             self.metric_states = {"train": _state_variables(step, "train"), "eval": _state_variables(step, "eval")}
-            for phase in step.phases:
-                # Optimizer slots cannot be created inside a trace: build them now.
-                build_apply(phase.apply, step.variables(phase))
+            # Optimizer slots and other stage state (accumulators, loss scales) cannot be
+            # created inside a trace; the latter are kept, by phase, for checkpoints.
+            self.stage_variables = {phase.name: build_phase(phase, step.variables(phase)) for phase in step.phases}
         on_batch = {"train": self._train_on_batch, "eval": self._evaluate_on_batch}
         if jit_compile:
             on_batch = {kind: tf.function(fn, jit_compile=True) for kind, fn in on_batch.items()}
@@ -200,7 +203,11 @@ class Program:
         """The dataset as this program's strategy wants it (split over replicas)."""
         if self.strategy.num_replicas_in_sync == 1:
             return dataset
-        return self.strategy.experimental_distribute_dataset(dataset)
+        # Each global batch is split over the replicas (of every worker), a short last
+        # batch included; DATA sharding because in-memory datasets have no files to split.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
     def train(self, iterator: Any, num_steps: int | None = None) -> int:
         """Runs up to `num_steps` (default: steps_per_execution) training steps.
@@ -237,7 +244,8 @@ class Program:
 
         ``model_<name>``: each model's variables (weights and seed-generator states);
         ``apply_<phase>``: the state of each phase's apply stage (an optimizer's slots and
-        update count); ``counters``; ``metrics_<kind>``: the metric states. Within a group
+        update count); ``stages_<phase>``: what its other stateful stages made
+        (accumulators, loss scales); ``counters``; ``metrics_<kind>``: the metric states. Within a group
         variables are keyed by position, which depends only on the architecture, not on
         the layer names Keras numbers per process.
         """
@@ -250,6 +258,8 @@ class Program:
             state = apply_variables(phase.apply)
             if state:
                 groups[f"apply_{phase.name}"] = indexed(state)
+            if self.stage_variables[phase.name]:
+                groups[f"stages_{phase.name}"] = indexed(self.stage_variables[phase.name])
         groups["counters"] = {
             "global_step": self.global_step,
             "withheld_updates": self.withheld_updates,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 import tensorflow as tf
 
 from composeloop.step.records import Context, Tensors
+from composeloop.step.stateful import builds
 
 Aggregate = Callable[[Context, Tensors], tf.Tensor]
 
@@ -84,7 +85,7 @@ def total(*terms: Aggregate) -> Aggregate:
     def aggregate(context: Context, losses: Tensors) -> tf.Tensor:
         return tf.add_n([term(context, losses) for term in terms])
 
-    return aggregate
+    return builds(aggregate, *terms)
 
 
 def weighted(weight: float, term: Aggregate) -> Aggregate:

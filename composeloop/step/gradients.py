@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import tensorflow as tf
 
 from composeloop.step.records import Context, Gradients
+from composeloop.step.stateful import builds
 
 Transform = Callable[[Gradients, Sequence[tf.Variable], Context], Gradients]
 
@@ -42,7 +43,7 @@ def chain(*transforms: Transform) -> Transform:
             grads = each(grads, variables, context)
         return grads
 
-    return transform
+    return builds(transform, *transforms)
 
 
 def map_gradients(fn: Callable[[Sequence[tf.Tensor]], Sequence[tf.Tensor]]) -> Transform:

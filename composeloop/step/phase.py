@@ -22,6 +22,7 @@ from composeloop.step.gradients import Transform, global_norm, identity
 from composeloop.step.losses import Loss
 from composeloop.step.metrics import Metric, State, merge
 from composeloop.step.records import Context, Gradients, Tensors
+from composeloop.step.stateful import build_stage
 
 
 def _at_least_one(instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -66,6 +67,29 @@ def phase_variables(phase: Phase, models: Mapping[str, Any]) -> list[tf.Variable
                 seen.add(id(variable))
                 variables.append(variable)
     return variables
+
+
+def build_phase(phase: Phase, variables: Sequence[tf.Variable]) -> list[tf.Variable]:
+    """Creates the state of every stateful stage in the phase; the engine calls it in the
+    strategy's scope before tracing.
+
+    Returns:
+      The variables the aggregation and transform stages created (accumulators, loss
+      scales), in creation order, for checkpoints. The apply stage's state (optimizer
+      slots) is not among them: the apply stage reports its own.
+    """
+    build_stage(phase.apply, variables)
+    made: list[tf.Variable] = []
+
+    def recording(next_creator: Callable, **kwargs: Any) -> tf.Variable:
+        variable = next_creator(**kwargs)
+        made.append(variable)
+        return variable
+
+    with tf.variable_creator_scope(recording):
+        build_stage(phase.aggregate, variables)
+        build_stage(phase.transform, variables)
+    return made
 
 
 def _call_slot(phase: Phase, slot: str, fn: Callable, *args: Any) -> Any:

@@ -1,0 +1,135 @@
+"""Multi-device and multi-worker runs end where a one-device run on the same global batches ends.
+
+Each run is a subprocess (a process holds one strategy, and multi-worker collectives must
+be set up before TensorFlow starts). The data are tiny: 48 training examples in global
+batches of 9, so the last batch (3) is short and no batch splits evenly over 2 replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import cli
+
+from composeloop.launch import worker_commands
+
+RUN = ("data=synthetic", "data.synthetic_examples=64", "data.batch_size=9", "train.epochs=2", "optimizer=sgd")
+
+
+def final_weights(directory: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(directory / "model.keras").get_weights()
+
+
+def assert_same_weights(directory: Path, reference: list[np.ndarray]) -> None:
+    for a, b in zip(final_weights(directory), reference, strict=True):
+        # Replicas sum their gradients in another order: float32 rounding only.
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def summary(directory: Path) -> dict:
+    return json.loads((directory / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> list[np.ndarray]:
+    """The one-device run, in this process (the same code the CLI runs, without its start-up)."""
+    from hydra import compose, initialize_config_dir
+
+    from composeloop.cli import config_dir
+    from composeloop.config.experiments import run
+    from composeloop.config.store import register, to_config
+
+    register()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        config = to_config(compose(config_name="config", overrides=list(RUN)))
+    directory = tmp_path_factory.mktemp("one")
+    assert run(config, directory)["replicas"] == 1
+    return final_weights(directory)
+
+
+@pytest.mark.slow
+def test_multi_gpu_on_cpu_runs_two_logical_devices(tmp_path, reference):
+    directory = tmp_path / "run"
+    result = cli("+experiment=multi_gpu", *RUN, f"hydra.run.dir={directory}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    notes = [line for line in result.stdout.splitlines() if "logical CPU" in line]
+    assert notes == ["composeloop: no GPU visible: MirroredStrategy over 2 logical CPU devices (strategy.logical_cpus)"]
+    assert summary(directory)["replicas"] == 2
+    assert summary(directory)["traces"] == {"train": 1, "evaluate": 1}
+    assert_same_weights(directory, reference)
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_end_with_the_one_process_weights(tmp_path, reference):
+    directory = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "composeloop.launch", "--workers", "2", "--", "+experiment=multi_gpu"]
+        + ["strategy=multi_worker", *RUN, f"hydra.run.dir={directory}"],
+        cwd=tmp_path,
+        env={key: value for key, value in os.environ.items() if key not in ("TF_CONFIG", "HYDRA_FULL_ERROR")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for index in (0, 1):
+        assert f"[worker {index}] composeloop: MultiWorkerMirroredStrategy: worker {index} of 2" in result.stdout
+    assert summary(directory)["replicas"] == 2
+    assert_same_weights(directory, reference)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # the other worker wrote nothing here
+
+
+def test_a_failing_worker_fails_the_launch(tmp_path):
+    launch = [sys.executable, "-m", "composeloop.launch", "--workers", "2", "--"]
+    result = subprocess.run(
+        [*launch, "strategy=multi_worker", "train.epochs=-1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "train.epochs" in result.stdout  # the workers' own lines, prefixed
+    assert "a worker failed (exit 2)" in result.stderr
+
+
+def test_one_worker_failing_stops_the_others(monkeypatch, capsys):
+    """A worker waiting for a dead peer's collectives would wait forever: the launcher stops it."""
+    import composeloop.launch as launcher
+
+    waiting = [sys.executable, "-c", "import time; print('waiting', flush=True); time.sleep(120)"]
+    failing = [sys.executable, "-c", "import sys, time; time.sleep(1); sys.exit(3)"]
+    monkeypatch.setattr(launcher, "worker_commands", lambda args, workers, scratch: [waiting, failing])
+    started = time.monotonic()
+    assert launcher.launch([], workers=2) == 3
+    assert time.monotonic() - started < 60
+    assert "[worker 0] waiting" in capsys.readouterr().out
+
+
+def test_chief_writes_the_run_directory_and_others_a_scratch_one(tmp_path):
+    commands = worker_commands(["strategy=multi_worker", "hydra.run.dir=out"], 3, str(tmp_path))
+    assert commands[0][-1] == "hydra.run.dir=out"
+    assert [c[-2:] for c in commands[1:]] == [
+        [f"hydra.run.dir={tmp_path / f'worker-{i}'}", "hydra.output_subdir=null"] for i in (1, 2)
+    ]
+
+
+def test_bad_launcher_arguments_are_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "composeloop.launch", "--workers", "0", "--", "strategy=multi_worker"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "composeloop.launch: error: --workers must be >= 1, got 0"
