@@ -57,7 +57,7 @@ def learning_rates(program: Program) -> dict[str, float]:
     for phase in program.step.phases:
         optimizer = getattr(phase.apply, "optimizer", None)
         if optimizer is not None:
-            rates[phase.name] = float(optimizer.learning_rate)
+            rates[phase.name] = float(tf.convert_to_tensor(optimizer.learning_rate).numpy())
     return rates
 
 
