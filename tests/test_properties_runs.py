@@ -18,6 +18,8 @@ from composeloop import step as cs
 from composeloop.engine import Checkpoints, RunState, compile_step
 from composeloop.parts.data import batches
 from composeloop.parts.recipes import classifier_phase
+from composeloop.step.accumulate import accumulated
+from composeloop.step.precision import dynamic_loss_scale, loss_scaled
 from composeloop.testing import InvariantViolation, check_exact_resume, mirrored_strategy
 
 X, Y = tiny_data(examples=40)  # batch 8: five steps an epoch, three epochs
@@ -28,12 +30,14 @@ def train_data(epoch: int) -> tf.data.Dataset:
     return batches(X, Y, 8, seed=3, epoch=epoch)
 
 
-def build(apply=None, strategy=None):
+def build(apply=None, strategy=None, wrap=None):
     with (strategy or tf.distribute.get_strategy()).scope():
         model = tiny_model(seed=0)
         phase = classifier_phase(keras.optimizers.Adam(0.02))
         if apply is not None:
             phase = attrs.evolve(phase, apply=apply)
+        if wrap is not None:
+            phase = wrap(phase)
         step = cs.compose(phase, models={"model": model})
     return compile_step(step, steps_per_execution=3, seed=0, strategy=strategy)
 
@@ -73,6 +77,13 @@ def test_resume_anywhere_is_exact(pool, stop_at):
 def test_resume_is_exact_on_two_replicas():
     strategy = mirrored_strategy(2)
     check_exact_resume(lambda: build(strategy=strategy), train_data, epochs=2, stop_at=7)
+
+
+def test_resume_mid_accumulation_and_with_a_loss_scale_is_exact():
+    # stop after step 5: half way through a 2-step accumulation; the accumulator, its count
+    # and the loss scale are stage state the checkpoint must hold
+    both = lambda phase: loss_scaled(accumulated(phase, 2), dynamic_loss_scale(initial=2.0**4, growth_interval=3))  # noqa: E731
+    check_exact_resume(lambda: build(wrap=both), train_data, epochs=2, stop_at=5)
 
 
 @attrs.define
