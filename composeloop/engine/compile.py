@@ -134,6 +134,7 @@ class Program:
         if jit_compile:
             on_batch = {kind: tf.function(fn, jit_compile=True) for kind, fn in on_batch.items()}
         self._on_batch = on_batch
+        self._counts: dict[int, tf.Tensor] = {}
         self._train = tf.function(self._train_loop)
         self._evaluate = tf.function(self._evaluate_loop)
 
@@ -215,12 +216,18 @@ class Program:
         Returns the number of steps run: fewer when the iterator ran out.
         """
         count = self.steps_per_execution if num_steps is None else num_steps
-        return int(self._train(iterator, tf.constant(count, tf.int64)))
+        return int(self._train(iterator, self._count(count)))
 
     def evaluate(self, iterator: Any, num_steps: int | None = None) -> int:
         """Adds up to `num_steps` batches to the evaluation metrics; returns batches seen."""
         count = self.steps_per_execution if num_steps is None else num_steps
-        return int(self._evaluate(iterator, tf.constant(count, tf.int64)))
+        return int(self._evaluate(iterator, self._count(count)))
+
+    def _count(self, count: int) -> tf.Tensor:
+        # One tensor per distinct count, made once: a new constant per call costs time at spe=1.
+        if count not in self._counts:
+            self._counts[count] = tf.constant(count, tf.int64)
+        return self._counts[count]
 
     def results(self, kind: str = "train") -> dict[str, float]:
         """Current metric values, by metric name (kind: "train" or "eval")."""

@@ -58,15 +58,16 @@ def _run_batches(state: RunState, kind: str, dataset: tf.data.Dataset, handlers:
     if state.batch:
         dataset = dataset.skip(state.batch)
     iterator = iter(program.distribute(dataset))
+    # Reading the step costs a device round trip: only when a handler needs it.
+    timed = kind == "train" and any(handler.event is Event.STEPS for handler in handlers)
     while length is None or state.batch < length:
         left = None if length is None else length - state.batch
-        to_event = steps_to_next_event(handlers, state.step) if kind == "train" else None
-        chunk = _chunk(program, left, to_event)
+        chunk = _chunk(program, left, steps_to_next_event(handlers, state.step) if timed else None)
         ran = run(iterator, chunk)
         state.batch += ran
-        if kind == "train":
+        if kind == "train" and handlers:
             dispatch(handlers, Event.CHUNK, state)
-            if ran:
+            if ran and timed:
                 dispatch(handlers, Event.STEPS, state)
         if ran < chunk:
             return True
