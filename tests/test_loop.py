@@ -33,7 +33,8 @@ def program_for(seed: int = 0, learning_rate: float = 0.01, spe: int = 1, halt: 
     model = width_model or tiny_model(seed=seed)
     phase = classifier_phase(keras.optimizers.Adam(learning_rate), transform=cs.skip_nonfinite())
     step = cs.compose(phase, models={"model": model})
-    return compile_step(step, steps_per_execution=spe, seed=seed, halt_on_nonfinite=halt, record_logs=True), model
+    on_nonfinite = "halt" if halt else "count"
+    return compile_step(step, steps_per_execution=spe, seed=seed, on_nonfinite=on_nonfinite, record_logs=True), model
 
 
 def train_data(epoch: int) -> tf.data.Dataset:

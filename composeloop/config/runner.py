@@ -42,7 +42,7 @@ def compile_options(config: Config, strategy: Any = None) -> dict[str, Any]:
         "jit_compile": config.train.jit_compile,
         "seed": config.seed,
         # raise and stop act before another step runs; skip carries on in the graph.
-        "halt_on_nonfinite": config.train.nan_policy.value != "skip",
+        "on_nonfinite": "count" if config.train.nan_policy.value == "skip" else "halt",
         "record_logs": config.report.tensorboard,
     }
 

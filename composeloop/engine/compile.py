@@ -21,6 +21,8 @@ from composeloop.step.compose import Step, fold_seed
 from composeloop.step.phase import build_phase
 from composeloop.step.records import Context
 
+NONFINITE_CHOICES = (None, "count", "halt")
+
 
 class RetraceWarning(UserWarning):
     """A compiled function was traced again after its first trace: a performance bug."""
@@ -89,9 +91,10 @@ class Program:
     and transform stages such as accumulators and loss scales created) lives in variables,
     so it can be checkpointed.
 
-    A training step whose objective is not finite is counted in `nonfinite_steps`; with
-    `halt_on_nonfinite` the compiled loop returns right after it (so it was step
-    ``global_step - 1``) and the Python loop can act before another step runs. With
+    With `on_nonfinite` "count", a training step whose objective is not finite is counted
+    in `nonfinite_steps`; with "halt" the compiled loop also returns right after it (so it
+    was step ``global_step - 1``) and the Python loop can act before another step runs;
+    with None (the default) the step pays for no check. With
     `record_logs`, the last step's objective and gradient norm per phase are kept in
     `last_logs` (for TensorBoard); without, they are pruned from the graph.
     """
@@ -103,17 +106,20 @@ class Program:
         steps_per_execution: int = 1,
         jit_compile: bool = False,
         seed: int = 0,
-        halt_on_nonfinite: bool = False,
+        on_nonfinite: str | None = None,
         record_logs: bool = False,
     ) -> None:
         if steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
+        if on_nonfinite not in NONFINITE_CHOICES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_CHOICES}, got {on_nonfinite!r}")
         self.step = step
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_execution = steps_per_execution
         self.jit_compile = jit_compile
         self.seed = seed
-        self.halt_on_nonfinite = halt_on_nonfinite
+        self.on_nonfinite = on_nonfinite
+        self.halt_on_nonfinite = on_nonfinite == "halt"
         self.record_logs = record_logs
         self.replication = replication_for(self.strategy)
         self.traces = TraceCounter()
@@ -161,12 +167,13 @@ class Program:
         if withheld:
             self.withheld_updates.assign_add(tf.add_n(withheld))
         objectives = [v for k, v in logs.items() if k.endswith("/objective")]
-        if objectives:
+        if objectives and self.on_nonfinite is not None:
             finite = tf.math.is_finite(tf.add_n([tf.cast(v, tf.float32) for v in objectives]))
             self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
         if self.record_logs:
             for name, variable in self.last_logs.items():
-                variable.assign(tf.cast(logs[name], tf.float32))
+                value = logs[name]() if callable(logs[name]) else logs[name]  # grad_norm is computed on demand
+                variable.assign(tf.cast(value, tf.float32))
 
     def _evaluate_on_batch(self, batch: Mapping[str, tf.Tensor]) -> None:
         states = _read(self.metric_states["eval"])
@@ -290,7 +297,7 @@ def compile_step(
     steps_per_execution: int = 1,
     jit_compile: bool = False,
     seed: int = 0,
-    halt_on_nonfinite: bool = False,
+    on_nonfinite: str | None = None,
     record_logs: bool = False,
 ) -> Program:
     """Compiles a `Step` into one training and one evaluation `tf.function`.
@@ -302,8 +309,9 @@ def compile_step(
       steps_per_execution: steps run per call, looped inside the graph.
       jit_compile: compile each step with XLA.
       seed: the run seed that every stage's stateless seed derives from.
-      halt_on_nonfinite: end a `train` call right after a step whose objective is not
-        finite (see `Program`), instead of running the rest of the chunk.
+      on_nonfinite: None (no check), "count" (count steps whose objective is not finite
+        in `Program.nonfinite_steps`) or "halt" (count, and end the `train` call right
+        after such a step); `composeloop.engine.nan_policy` needs one of the last two.
       record_logs: keep the last step's objective and gradient norm per phase in
         `Program.last_logs` (TensorBoard reads them).
 
@@ -314,4 +322,4 @@ def compile_step(
       >>> program = compile_step(step, steps_per_execution=8)
       >>> program.train(iter(dataset))
     """
-    return Program(step, strategy, steps_per_execution, jit_compile, seed, halt_on_nonfinite, record_logs)
+    return Program(step, strategy, steps_per_execution, jit_compile, seed, on_nonfinite, record_logs)

@@ -113,13 +113,15 @@ def nan_policy(policy: NanPolicy | str) -> list[Handler]:
     this decides what happens next. "raise": a `NonFiniteLossError` naming the step.
     "skip": carry on (the program counts such steps in `nonfinite_steps`). "stop": end the
     run with status "stopped_nonfinite", keeping the last checkpoint saved before it. With
-    "raise" and "stop", compile the program with ``halt_on_nonfinite=True`` so that no
-    further step runs first.
+    "raise" and "stop", compile the program with ``on_nonfinite="halt"`` so that no
+    further step runs first; "skip" needs at least ``on_nonfinite="count"``.
     """
     policy = NanPolicy(policy) if isinstance(policy, str) else policy
     seen = {"count": 0}
 
     def remember(state: RunState) -> None:
+        if state.program.on_nonfinite is None:
+            raise ValueError("nan_policy needs a program compiled with on_nonfinite='count' or 'halt'")
         seen["count"] = int(state.program.nonfinite_steps.numpy())
 
     def check(state: RunState) -> None:

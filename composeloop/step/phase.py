@@ -8,6 +8,7 @@ replicas are reached only through `context.replication`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -172,9 +173,9 @@ def run_phase(
       states: current metric states, by metric name.
 
     Returns:
-      (outputs, the phase's new metric states, logs: ``objective``, ``grad_norm`` (of the
-      aggregated gradient, before the transforms) and ``applied``). A log nobody reads is
-      pruned from the compiled graph, so logging costs nothing unless it is used.
+      (outputs, the phase's new metric states, logs: ``objective``, ``applied`` and
+      ``grad_norm``: a zero-argument function giving the global norm of the aggregated
+      gradient before the transforms, so that only a caller who wants it pays for it).
     """
     variables = phase_variables(phase, context.models)
     with tf.GradientTape() as tape:
@@ -187,7 +188,11 @@ def run_phase(
     update = _call_slot(phase, "transform", phase.transform, Gradients(reduced), variables, context)
     applied = context.replication.apply(phase.apply, update, variables)
     new_states = _update_metrics(phase, context, outputs, losses, states)
-    logs = {"objective": context.replication.sum(objective), "grad_norm": global_norm(reduced), "applied": applied}
+    logs = {
+        "objective": context.replication.sum(objective),
+        "applied": applied,
+        "grad_norm": functools.partial(global_norm, reduced),
+    }
     return outputs, new_states, logs
 
 
