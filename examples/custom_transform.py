@@ -21,6 +21,7 @@ from composeloop import step as cs
 from composeloop.engine import compile_step, fit
 from composeloop.parts.data import batches, digits
 from composeloop.parts.models import mlp
+from composeloop.parts.recipes import classifier_phase
 from composeloop.step.gradients import Transform
 
 
@@ -78,16 +79,8 @@ def main(epochs: int, seed: int = 0) -> dict:
         f"{largest_ratio(transform(noise, variables, None).values, variables):.3f} after (bound 0.05)"
     )
 
-    phase = cs.Phase(
-        name="classifier",
-        forward=cs.call_model("model", inputs="x", output="logits"),
-        loss=cs.sparse_categorical_crossentropy(labels="y", logits="logits"),
-        aggregate=cs.global_mean(),
-        transform=transform,
-        apply=cs.optimizer_apply(keras.optimizers.SGD(0.1, momentum=0.9)),
-        trains=("model",),
-        metrics=(cs.mean_loss("loss"), cs.accuracy("accuracy")),
-    )
+    # The built-in classifier recipe, with our chain in its transform slot.
+    phase = classifier_phase(keras.optimizers.SGD(0.1, momentum=0.9), transform=transform)
     program = compile_step(cs.compose(phase, models={"model": model}), steps_per_execution=16, seed=seed)
     history = fit(
         program,
