@@ -141,6 +141,7 @@ class Program:
             on_batch = {kind: tf.function(fn, jit_compile=True) for kind, fn in on_batch.items()}
         self._on_batch = on_batch
         self._counts: dict[int, tf.Tensor] = {}
+        self._last_call: dict[int, tuple[Any, Any]] = {}
         self._train = tf.function(self._train_loop)
         self._evaluate = tf.function(self._evaluate_loop)
 
@@ -223,12 +224,25 @@ class Program:
         Returns the number of steps run: fewer when the iterator ran out.
         """
         count = self.steps_per_execution if num_steps is None else num_steps
-        return int(self._train(iterator, self._count(count)))
+        return int(self._call(self._train, iterator, self._count(count)))
 
     def evaluate(self, iterator: Any, num_steps: int | None = None) -> int:
         """Adds up to `num_steps` batches to the evaluation metrics; returns batches seen."""
         count = self.steps_per_execution if num_steps is None else num_steps
-        return int(self._evaluate(iterator, self._count(count)))
+        return int(self._call(self._evaluate, iterator, self._count(count)))
+
+    def _call(self, function: Any, iterator: Any, count: tf.Tensor) -> tf.Tensor:
+        # A tf.function call binds its arguments and hashes the iterator's type spec to
+        # find its concrete function, a measurable cost at one step per call. An epoch
+        # calls with the same iterator many times, so the concrete function found on the
+        # first call is kept with that iterator (held, so its id cannot be reused) and
+        # called directly until another iterator comes.
+        held, concrete = self._last_call.get(id(function), (None, None))
+        if held is iterator:
+            return concrete(iterator, count)
+        result = function(iterator, count)
+        self._last_call[id(function)] = (iterator, function.get_concrete_function(iterator, count))
+        return result
 
     def _count(self, count: int) -> tf.Tensor:
         # One tensor per distinct count, made once: a new constant per call costs time at spe=1.
