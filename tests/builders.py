@@ -40,3 +40,13 @@ def dataset(x, y, batch_size: int) -> tf.data.Dataset:
 
 def weights(model: keras.Model) -> list[np.ndarray]:
     return [w.numpy() for w in model.weights]
+
+
+def consecutive_batches(parts) -> tf.data.Dataset:
+    """One dataset yielding `parts` as consecutive batches; batch() leaves the batch size
+    unknown, so every drawn size reuses one trace."""
+    datasets = [tf.data.Dataset.from_tensor_slices(part).batch(1024) for part in parts]
+    joined = datasets[0]
+    for more in datasets[1:]:
+        joined = joined.concatenate(more)
+    return joined

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from builders import tiny_model
+from builders import consecutive_batches, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,13 +48,7 @@ def restart(built) -> None:
     program.reset("train")
 
 
-def batches(parts):
-    """One dataset yielding `parts` as consecutive batches, with an unknown batch size (one trace)."""
-    datasets = [tf.data.Dataset.from_tensor_slices(part).batch(1024) for part in parts]
-    joined = datasets[0]
-    for more in datasets[1:]:
-        joined = joined.concatenate(more)
-    return joined
+batches = consecutive_batches
 
 
 def state(built):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from builders import tiny_model
+from builders import consecutive_batches, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,12 +50,7 @@ def one_step(built, parts):
     dataset_parts = parts if strategy.num_replicas_in_sync > 1 else [merge(parts)]
 
     def per_worker(_):
-        # batch() leaves the batch dimension unknown: every drawn size reuses one trace.
-        datasets = [tf.data.Dataset.from_tensor_slices(part).batch(1024) for part in dataset_parts]
-        joined = datasets[0]
-        for more in datasets[1:]:
-            joined = joined.concatenate(more)
-        return joined
+        return consecutive_batches(dataset_parts)
 
     program.train(iter(strategy.distribute_datasets_from_function(per_worker)), 1)
     update = [v.numpy() - i for v, i in zip(model.trainable_variables, initial, strict=True)]
