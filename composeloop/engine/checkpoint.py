@@ -151,10 +151,14 @@ class Checkpoints:
             raise CheckpointError(f"checkpoint {path} cannot be read: {_first_line(error)}") from None
         return int(self.position["epoch"]), int(self.position["batch"])
 
+    def history(self) -> list[dict]:
+        """The epoch records of the checkpoint restored last (empty before any restore)."""
+        return json.loads(self.position["history"].numpy().decode())
+
     def restore_latest(self, state: RunState) -> RunState:
         """Moves `state` to the latest rolling checkpoint's position and history, if there is one."""
         if self.latest is not None:
             state.epoch, state.batch = self.restore(self.latest)
-            state.history = json.loads(self.position["history"].numpy().decode())
+            state.history = self.history()
             state.extras["resumed_from_step"] = state.step
         return state

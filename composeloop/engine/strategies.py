@@ -6,7 +6,7 @@ initialises its devices: splitting the CPU into logical devices and configuring 
 ops for multi-worker training. Strategies are kept one per process and kind: TensorFlow
 configures collectives once per process, and two MirroredStrategy objects in one process
 can reuse collective keys and abort each other's all-reduces. It does not read configs
-(that is `composeloop.config.build`) nor distribute data (that is `Program.distribute`).
+(that is the application's) nor distribute data (that is `Program.distribute`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import tensorflow as tf
 
 from composeloop.cluster import require_task
 from composeloop.errors import ConfigError
+from composeloop.vocabulary import StrategyKind
 
-KINDS = ("default", "one_device", "mirrored", "multi_worker")
+KINDS = tuple(kind.value for kind in StrategyKind)
 _made: dict[tuple, Placed] = {}
 
 

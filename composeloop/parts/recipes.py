@@ -6,9 +6,11 @@ hand with `composeloop.step`, and `examples/compose_classifier.py` does so.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from composeloop.step import (
+    Metric,
     Phase,
     Step,
     accuracy,
@@ -23,10 +25,12 @@ from composeloop.step import (
 from composeloop.step.gradients import Transform
 
 
-def classifier_phase(optimizer: Any, *, model: str = "model", transform: Transform | None = None) -> Phase:
+def classifier_phase(
+    optimizer: Any, *, model: str = "model", transform: Transform | None = None, metrics: Sequence[Metric] = ()
+) -> Phase:
     """One phase: logits from `model`, sparse cross-entropy averaged over the global batch
     plus the model's own losses, optional gradient transforms, the optimizer, and mean
-    loss and accuracy metrics.
+    loss and accuracy metrics, then any extra `metrics`.
 
     Example:
       >>> phase = classifier_phase(keras.optimizers.Adam(1e-3), transform=clip_by_global_norm(1.0))
@@ -39,15 +43,17 @@ def classifier_phase(optimizer: Any, *, model: str = "model", transform: Transfo
         apply=optimizer_apply(optimizer),
         trains=(model,),
         transform=transform or identity(),
-        metrics=(mean_loss("loss"), accuracy("accuracy", labels="y", logits="logits")),
+        metrics=(mean_loss("loss"), accuracy("accuracy", labels="y", logits="logits"), *metrics),
     )
 
 
-def classifier_step(model: Any, optimizer: Any, *, transform: Transform | None = None) -> Step:
-    """The composed classifier step for one built Keras model.
+def classifier_step(
+    model: Any, optimizer: Any, *, transform: Transform | None = None, metrics: Sequence[Metric] = ()
+) -> Step:
+    """The composed classifier step for one built Keras model (the default ``step._target_``).
 
     Example:
       >>> step = classifier_step(model, keras.optimizers.Adam(1e-3))
       >>> program = compile_step(step)
     """
-    return compose(classifier_phase(optimizer, transform=transform), models={"model": model})
+    return compose(classifier_phase(optimizer, transform=transform, metrics=metrics), models={"model": model})
