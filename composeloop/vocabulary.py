@@ -21,7 +21,9 @@ from collections.abc import Mapping
 # What a run does after a step whose loss or gradients are not finite. The step's update
 # is always withheld (the gradient chain starts with `skip_nonfinite`); this is what next.
 NanPolicy = enum.Enum("NanPolicy", {"raise": "raise", "skip": "skip", "stop": "stop"})
-NanPolicy.__doc__ = "raise: stop with an error; skip: carry on and count it; stop: end the run, keep the last checkpoint."
+NanPolicy.__doc__ = (
+    "raise: stop with an error; skip: carry on and count it; stop: end the run, keep the last checkpoint."
+)
 
 
 class Direction(enum.Enum):

@@ -156,7 +156,9 @@ def build_composition(config: Any, data: Any, *, overrides: Sequence[str] = (), 
         "seed": config.seed,
         "batch_size": config.data.batch_size,
         "config": config,
-        **{field.name: getattr(config, field.name) for field in attrs.fields(type(config)) if field.name not in OFFERED},
+        **{
+            field.name: getattr(config, field.name) for field in attrs.fields(type(config)) if field.name not in OFFERED
+        },
     }
     result = call_with(builder, key, config.step.args, offered)
     composition = result if isinstance(result, Composition) else Composition(result)

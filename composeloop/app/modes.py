@@ -46,7 +46,9 @@ class Run:
             from composeloop.parts.data import batches
 
             data, config = self.data, self.config
-            return lambda epoch: batches(data.x_train, data.y_train, config.data.batch_size, seed=config.seed, epoch=epoch)
+            return lambda epoch: batches(
+                data.x_train, data.y_train, config.data.batch_size, seed=config.seed, epoch=epoch
+            )
         return self.data.train
 
     def validation_data(self) -> Any:
@@ -74,7 +76,9 @@ def check_checkpoint(config: Config, directory: Path) -> None:
     if config.checkpoint.restore is Weights.best:
         where = where / "best"
     if not (where / "checkpoint").is_file():
-        which = "a best checkpoint (early stopping keeps one)" if config.checkpoint.restore is Weights.best else "a checkpoint"
+        which = (
+            "best checkpoint (early stopping keeps one)" if config.checkpoint.restore is Weights.best else "checkpoint"
+        )
         raise ConfigError(
             f"mode={config.mode.value}: {directory} has no {which} in {where}; give a trained run's directory "
             "with hydra.run.dir=DIR"
@@ -176,7 +180,9 @@ def predict(run: Run) -> dict[str, Any]:
     name, model = _chosen_model(run)
     expected = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
     if expected is not None and tuple(x.shape[1:]) != expected:
-        raise DataError(f"predict.input: x has examples of shape {tuple(x.shape[1:])} but model '{name}' takes {expected}")
+        raise DataError(
+            f"predict.input: x has examples of shape {tuple(x.shape[1:])} but model '{name}' takes {expected}"
+        )
     _, path = _restore(run)
     outputs = np.asarray(model.predict(x, batch_size=run.config.data.batch_size, verbose=0))
     arrays = {"outputs": outputs}

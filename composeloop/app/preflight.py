@@ -66,8 +66,8 @@ def _hydra(command: CommandLine) -> Any:
     """Hydra's config loader over the search path `hydra.main` would build for `command`."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import compute_search_path_dir, create_config_search_path
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
 
     search_path = create_config_search_path(compute_search_path_dir(command.calling_file, None, command.config_path))
     if command.args.config_dir is not None:

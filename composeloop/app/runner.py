@@ -199,8 +199,12 @@ def summary(
     program = state.program
     last = {log_names.get(k, k): v for k, v in state.logs.items() if k != "epoch"}
     monitor = config.early_stopping.monitor
-    declared = {metric.name: metric.higher_is_better for metric in program.step.metrics if metric.higher_is_better is not None}
-    best = best_epoch(state.history, monitor, config.early_stopping.mode.value, config.early_stopping.min_delta, declared)
+    declared = {
+        metric.name: metric.higher_is_better for metric in program.step.metrics if metric.higher_is_better is not None
+    }
+    best = best_epoch(
+        state.history, monitor, config.early_stopping.mode.value, config.early_stopping.min_delta, declared
+    )
     logged = [name for name in last if name != "seconds"]
     return {
         "experiment": config.experiment,

@@ -109,7 +109,9 @@ def built(model: Any, example_shape: tuple[int, ...], key: str) -> Any:
             model(np.zeros((1, *example_shape), np.float32))
         except Exception as error:  # a user model that does not take the data's shape
             first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-            raise ConfigError(f"{key}: the model cannot take examples of shape {tuple(example_shape)}: {first}") from None
+            raise ConfigError(
+                f"{key}: the model cannot take examples of shape {tuple(example_shape)}: {first}"
+            ) from None
     return model
 
 
@@ -325,4 +327,3 @@ def adapt_step(step: Any, config: TrainConfig) -> Any:
     if config.precision is Precision.mixed_float16:
         phases = [loss_scaled(phase) for phase in phases]
     return compose(*phases, models=step.models)
-

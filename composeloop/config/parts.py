@@ -85,7 +85,8 @@ def part_specs(entries: Sequence[Any], key: str, builtins: Sequence[str]) -> lis
       ConfigError: naming ``key[i]`` for an unknown name or a malformed entry.
 
     Example:
-      >>> [s.name for s in part_specs(["skip_nonfinite", {"clip_by_global_norm": {"max_norm": 1.0}}], "t", BUILTIN_TRANSFORMS)]
+      >>> entries = ["skip_nonfinite", {"clip_by_global_norm": {"max_norm": 1.0}}]
+      >>> [spec.name for spec in part_specs(entries, "gradient.transforms", BUILTIN_TRANSFORMS)]
       ['skip_nonfinite', 'clip_by_global_norm']
     """
     if not isinstance(entries, list | tuple):
@@ -103,7 +104,9 @@ def part_specs(entries: Sequence[Any], key: str, builtins: Sequence[str]) -> lis
             name, args = next(iter(entry.items()))
             args = {} if args is None else args
             if not isinstance(args, Mapping):
-                raise ConfigError(f"{where}.{name}: the arguments must be a mapping like {{max_norm: 1.0}}, got {args!r}")
+                raise ConfigError(
+                    f"{where}.{name}: the arguments must be a mapping like {{max_norm: 1.0}}, got {args!r}"
+                )
         elif isinstance(entry, str):
             name, args = entry, {}
         else:
@@ -223,17 +226,20 @@ def call_with(target: Callable, key: str, args: Mapping[str, Any], offered: Mapp
                 and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
                 and p.name not in kwargs
             ]
-            what = f"needs '{missing[0]}'" if missing else str(error)
-            offered_names = ", ".join(offered) or "nothing"
+            argument = missing[0] if missing else "ARG"
+            what = f"needs '{argument}'" if missing else str(error)
             raise ConfigError(
-                f"{key}: {name} {what}: give it in the config (++{key.removesuffix('._target_')}.{missing[0] if missing else 'ARG'}=...) "
-                f"or name one of what composeloop offers ({offered_names})"
+                f"{key}: {name} {what}: give it in the config (++{key.removesuffix('._target_')}.{argument}=...) "
+                f"or name one of what composeloop offers ({', '.join(offered) or 'nothing'})"
             ) from None
     try:
         return target(**kwargs)
     except (TypeError, ValueError) as error:
         first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise ConfigError(f"{key}: {name} failed: {first}") from None
+        # A target that takes **kwargs checks them itself: name the argument it refused.
+        refused = next((arg for arg in args if f"'{arg}'" in first), None)
+        where = f"{key.removesuffix('._target_')}.{refused}" if refused else key
+        raise ConfigError(f"{where}: {name} failed: {first}") from None
 
 
 @attrs.frozen

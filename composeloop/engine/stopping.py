@@ -89,9 +89,7 @@ def early_stopping(
 
     def check_and_decide(state: RunState) -> None:
         if state.log_keys and monitor not in state.log_keys:
-            raise ConfigError(
-                f"early_stopping.monitor: '{monitor}' is not logged; logged: {', '.join(state.log_keys)}"
-            )
+            raise ConfigError(f"early_stopping.monitor: '{monitor}' is not logged; logged: {', '.join(state.log_keys)}")
         decide(state)  # a resumed run may already have waited long enough
 
     def after_epoch(state: RunState) -> None:

@@ -115,7 +115,9 @@ def checked_arrays(raw: Mapping[str, np.ndarray], source: str) -> ArrayData:
         if len(x) == 0:
             raise DataError(f"{source} array '{x_key}' is empty")
     if x_train.shape[1:] != x_val.shape[1:]:
-        raise DataError(f"{source} x_train examples have shape {x_train.shape[1:]} but {val} examples {x_val.shape[1:]}")
+        raise DataError(
+            f"{source} x_train examples have shape {x_train.shape[1:]} but {val} examples {x_val.shape[1:]}"
+        )
     return ArrayData(x_train, y_train, x_val, y_valid)
 
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from composeloop.errors import ComposeError
-from composeloop.vocabulary import GanLoss
 from composeloop.step.compose import fold_seed
 from composeloop.step.forward import Forward
 from composeloop.step.losses import Loss
 from composeloop.step.records import Context, Tensors
+from composeloop.vocabulary import GanLoss
 
 GAN_LOSSES = tuple(loss.value for loss in GanLoss)
 LABELLED_LOSSES = ("non_saturating", "minimax", "least_squares")  # the ones label noise applies to

@@ -25,8 +25,10 @@ def residual_mlp(input_shape, num_classes, width: int = 64, blocks: int = 2) -> 
 def centralise(gradients: list[tf.Tensor]) -> list[tf.Tensor]:
     """A gradient transform (gradient centralisation): each kernel's gradient minus its mean
     over the output axis. A function of the gradient list; composeloop lifts it."""
-    return [g - tf.reduce_mean(g, axis=list(range(g.shape.rank - 1)), keepdims=True) if g.shape.rank > 1 else g
-            for g in gradients]
+    return [
+        g - tf.reduce_mean(g, axis=list(range(g.shape.rank - 1)), keepdims=True) if g.shape.rank > 1 else g
+        for g in gradients
+    ]
 
 
 def top2_accuracy(name: str = "top2_accuracy") -> cs.Metric:
@@ -36,10 +38,14 @@ def top2_accuracy(name: str = "top2_accuracy") -> cs.Metric:
     def update(state, context, outputs, losses):
         labels = tf.cast(tf.reshape(context.batch["y"], [-1]), tf.int32)
         hits = tf.cast(tf.math.in_top_k(labels, outputs["logits"], 2), tf.float64)
-        return {"hits": state["hits"] + tf.reduce_sum(hits), "count": state["count"] + tf.cast(tf.size(hits), tf.float64)}
+        return {
+            "hits": state["hits"] + tf.reduce_sum(hits),
+            "count": state["count"] + tf.cast(tf.size(hits), tf.float64),
+        }
 
-    return cs.Metric(name, ("hits", "count"), update, lambda s: tf.math.divide_no_nan(s["hits"], s["count"]),
-                     higher_is_better=True)
+    return cs.Metric(
+        name, ("hits", "count"), update, lambda s: tf.math.divide_no_nan(s["hits"], s["count"]), higher_is_better=True
+    )
 
 
 def smoothed_crossentropy(smoothing: float):
