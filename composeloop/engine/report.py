@@ -8,11 +8,13 @@ resumed run's files hold exactly the epochs its checkpoint has seen.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,14 +30,44 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Writes `text` to `path` via a temporary file, fsync and a rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def write_atomically(path: Path, text: str | bytes) -> None:
+    """Writes `text` to `path` whole: a temporary file of its own beside it, fsync, rename.
+
+    The temporary name is unique to this call (pid and a random part), so two writers of
+    the same file (two processes in one run directory, say) never rename each other's
+    temporary away; the last rename wins and readers see one whole file or the other. The
+    temporary file is removed if anything fails before the rename. Text is written as UTF-8.
+
+    Example:
+      >>> write_atomically(run_dir / "notes.txt", "one whole file\n")
+    """
+    path = Path(path)
+    data = text.encode() if isinstance(text, str) else text
+    descriptor, temporary = _create_temporary(path)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """Creates and opens an empty file beside `path` under a name no other writer uses.
+
+    Not `tempfile.mkstemp`: its files are private (mode 0600), and the renamed result would
+    be too; `os.open` with 0666 gives the mode a plain `open` gives, the umask applied.
+    """
+    while True:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
 
 
 def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
