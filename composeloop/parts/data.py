@@ -20,8 +20,13 @@ import attrs
 import numpy as np
 
 from composeloop.errors import DataError
+from composeloop.parts.checks import check_finite, nonfinite_counts, warn_on_class_sets
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_LABEL_MAX = np.iinfo(np.int32).max
+# What a damaged zip can raise beyond OSError/ValueError: a bad CRC or header, a broken
+# deflate stream, an unknown compression method, an encrypted member.
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
 
 
 @attrs.frozen
@@ -72,34 +77,84 @@ def digits(val_fraction: float = 0.2, seed: int = 0) -> ArrayData:
 
 
 def _as_features(x: np.ndarray, key: str, path: Path) -> np.ndarray:
+    """Examples as float32 (uint8 pixels scaled to [0, 1]); checked for shape and finiteness."""
+    where = f"data.path: {path} array '{key}'"
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{where} has dtype {x.dtype}; expected numbers")
+    if x.ndim == 0 or 0 in x.shape[1:]:
+        raise DataError(f"{where} must hold examples along its first axis, each with values; got shape {x.shape}")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range: named below
+        features = x.astype(np.float32)
     if x.dtype == np.uint8:  # MNIST-style pixels
-        return x.astype(np.float32) / 255.0
-    if x.dtype.kind in "uif":
-        return x.astype(np.float32)
-    raise DataError(f"data.path: {path} array '{key}' has dtype {x.dtype}; expected numbers")
+        features /= 255.0
+    try:
+        check_finite(features, where)
+    except DataError:
+        if x.dtype.kind == "f" and not any(nonfinite_counts(x)):  # finite, but not in float32
+            raise DataError(f"{where} holds values beyond float32's range (up to {np.abs(x).max():.3g})") from None
+        raise
+    return features
 
 
 def _as_labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
+    where = f"data.path: {path} array '{key}'"
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(f"data.path: {path} array '{key}' must be integer class ids of shape (n,), got {y.shape}")
-    if y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0):
+        raise DataError(f"{where} must be integer class ids of shape (n,), got {y.shape}")
+    if y.dtype.kind == "f" and np.isfinite(y).all() and np.all(np.mod(y, 1) == 0):
+        if y.size and np.abs(y).max() > _LABEL_MAX:
+            raise DataError(f"{where} holds a label beyond {_LABEL_MAX} ({np.abs(y).max():.3g})")
         y = y.astype(np.int64)
     if y.dtype.kind not in "ui":
-        raise DataError(f"data.path: {path} array '{key}' must hold integer class ids, got dtype {y.dtype}")
+        raise DataError(f"{where} must hold integer class ids, got dtype {y.dtype}")
     if y.size and y.min() < 0:
-        raise DataError(f"data.path: {path} array '{key}' holds a negative label ({int(y.min())})")
+        raise DataError(f"{where} holds a negative label ({int(y.min())})")
+    if y.size and y.max() > _LABEL_MAX:
+        raise DataError(f"{where} holds a label beyond {_LABEL_MAX} ({int(y.max())}); labels are int32 class ids")
     return y.astype(np.int32)
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of `NPZ_KEYS` from the .npz at `path`; a DataError names what cannot be read."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, *_ARCHIVE_ERRORS) as error:
+        # numpy's own text for a file that is no zip talks about pickles: the error type says enough.
+        raise DataError(f"data.path: {path} is not a readable .npz file ({type(error).__name__})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy array
+        raise DataError(f"data.path: {path} holds one array, not an .npz with {', '.join(NPZ_KEYS)}")
+    with archive:
+        missing = [key for key in NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise DataError(
+                f"data.path: {path} lacks {', '.join(missing)}; an MNIST-style .npz holds {', '.join(NPZ_KEYS)}"
+            )
+        return {key: _read_array(archive, key, path) for key in NPZ_KEYS}
+
+
+def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise DataError(f"data.path: {path} array '{key}' holds Python objects; store numbers") from None
+        reason = type(error).__name__
+    except (OSError, EOFError, MemoryError, *_ARCHIVE_ERRORS) as error:
+        reason = type(error).__name__
+    raise DataError(f"data.path: {path} is not a readable .npz file (array '{key}': {reason})")
 
 
 def load_npz(path: str | Path) -> ArrayData:
     """Reads an MNIST-style .npz holding x_train, y_train, x_test, y_test.
 
-    The test split is used for validation. uint8 images are scaled to [0, 1].
+    The test split is used for validation. uint8 images are scaled to [0, 1]. Features
+    holding NaN or Inf are refused; train and validation with different classes warn
+    (`checks.DataWarning`).
 
     Raises:
-      DataError: the file is missing, unreadable, lacks a key, or its shapes disagree.
+      DataError: the file is missing or unreadable, lacks a key, holds non-finite features,
+        or its shapes or labels are wrong (one line naming the file and array).
 
     Example:
       >>> data = load_npz("mnist.npz")
@@ -107,18 +162,8 @@ def load_npz(path: str | Path) -> ArrayData:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data.path: no such file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [key for key in NPZ_KEYS if key not in arrays.files]
-            if missing:
-                raise DataError(
-                    f"data.path: {path} lacks {', '.join(missing)}; an MNIST-style .npz holds {', '.join(NPZ_KEYS)}"
-                )
-            raw = {key: arrays[key] for key in NPZ_KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
-        # numpy's own text for a corrupt file talks about pickles: the error type says enough.
-        raise DataError(f"data.path: {path} is not a readable .npz file ({type(error).__name__})") from None
+        raise DataError(f"data.path: no such file: {path}" if not path.exists() else f"data.path: {path} is not a file")
+    raw = _read_arrays(path)
     x_train, x_test = _as_features(raw["x_train"], "x_train", path), _as_features(raw["x_test"], "x_test", path)
     y_train, y_test = _as_labels(raw["y_train"], "y_train", path), _as_labels(raw["y_test"], "y_test", path)
     for x_key, x, y_key, y in (("x_train", x_train, "y_train", y_train), ("x_test", x_test, "y_test", y_test)):
@@ -130,6 +175,7 @@ def load_npz(path: str | Path) -> ArrayData:
         raise DataError(
             f"data.path: {path} x_train examples have shape {x_train.shape[1:]} but x_test examples {x_test.shape[1:]}"
         )
+    warn_on_class_sets(y_train, y_test, f"data.path: {path}")
     return ArrayData(x_train, y_train, x_test, y_test)
 
 
