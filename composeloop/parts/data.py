@@ -11,10 +11,9 @@ inside scikit-learn (`sklearn/datasets/data/digits.csv.gz`), converted to uint8 
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import attrs
 import numpy as np
@@ -24,9 +23,6 @@ from composeloop.parts.checks import check_finite, nonfinite_counts, warn_on_cla
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _LABEL_MAX = np.iinfo(np.int32).max
-# What a damaged zip can raise beyond OSError/ValueError: a bad CRC or header, a broken
-# deflate stream, an unknown compression method, an encrypted member.
-_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
 
 
 @attrs.frozen
@@ -103,8 +99,9 @@ def _as_labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
     if y.ndim != 1:
         raise DataError(f"{where} must be integer class ids of shape (n,), got {y.shape}")
     if y.dtype.kind == "f" and np.isfinite(y).all() and np.all(np.mod(y, 1) == 0):
-        if y.size and np.abs(y).max() > _LABEL_MAX:
-            raise DataError(f"{where} holds a label beyond {_LABEL_MAX} ({np.abs(y).max():.3g})")
+        largest = float(np.abs(y).max(initial=0))  # a Python float: no cast of the bound to float16
+        if largest > _LABEL_MAX:
+            raise DataError(f"{where} holds a label beyond {_LABEL_MAX} ({largest:.3g})")
         y = y.astype(np.int64)
     if y.dtype.kind not in "ui":
         raise DataError(f"{where} must hold integer class ids, got dtype {y.dtype}")
@@ -115,13 +112,28 @@ def _as_labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
     return y.astype(np.int32)
 
 
+# Reading a damaged file fails in zipfile, zlib or numpy's header parser with whatever they
+# raise (BadZipFile, zlib.error, NotImplementedError for an unknown compression method,
+# RuntimeError for an encrypted member, tokenize.TokenError for a mangled .npy header,
+# MemoryError for a header claiming a huge shape, ...): on those untrusted bytes any
+# exception means "unreadable", so the two readers below catch them all.
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """The arrays of `NPZ_KEYS` from the .npz at `path`; a DataError names what cannot be read."""
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, *_ARCHIVE_ERRORS) as error:
+        # Opened here, not by np.load: numpy leaks its own handle when the zip is damaged.
+        with open(path, "rb") as handle:
+            return _read_archive(handle, path)
+    except DataError:
+        raise
+    except Exception as error:  # unreadable, whatever the parser raised (see above)
         # numpy's own text for a file that is no zip talks about pickles: the error type says enough.
         raise DataError(f"data.path: {path} is not a readable .npz file ({type(error).__name__})") from None
+
+
+def _read_archive(handle: BinaryIO, path: Path) -> dict[str, np.ndarray]:
+    archive = np.load(handle, allow_pickle=False)
     if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy array
         raise DataError(f"data.path: {path} holds one array, not an .npz with {', '.join(NPZ_KEYS)}")
     with archive:
@@ -140,7 +152,7 @@ def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarr
         if "allow_pickle" in str(error):
             raise DataError(f"data.path: {path} array '{key}' holds Python objects; store numbers") from None
         reason = type(error).__name__
-    except (OSError, EOFError, MemoryError, *_ARCHIVE_ERRORS) as error:
+    except Exception as error:  # unreadable, whatever the parser raised (see above)
         reason = type(error).__name__
     raise DataError(f"data.path: {path} is not a readable .npz file (array '{key}': {reason})")
 
