@@ -2,7 +2,7 @@
 
 This module owns the checks that catch data which loads but lies: features holding NaN or
 Inf (a `DataError` naming the array, or the batch and feature, and how many values), and a
-validation set whose classes differ from the training set's (a `DataWarning`). Arrays are
+validation set whose classes differ from the training set's (a note to show). Arrays are
 checked whole, once, at load; a streamed `tf.data.Dataset` only in its first batches (the
 NaN policy of the training loop catches the rest). Loading and batching belong to
 `composeloop.parts.data`; labels against the model's classes to `data.check_labels`.
@@ -45,9 +45,9 @@ def check_finite(x: np.ndarray, name: str) -> None:
     """Raises a `DataError` when `x` holds NaN or Inf; `name` says where (e.g. the file and array).
 
     Example:
-      >>> check_finite(np.array([[0.0, np.nan]]), "data.path: a.npz array 'x_train'")
+      >>> check_finite(np.array([[0.0, np.nan]]), "data.path: a.npz array 'x_train'")  # doctest: +ELLIPSIS
       Traceback (most recent call last):
-      DataError: data.path: a.npz array 'x_train' holds 1 non-finite value (1 NaN, 0 infinite) ...
+      composeloop.errors.DataError: data.path: a.npz array 'x_train' holds 1 non-finite value (1 NaN, ...
     """
     nans, infs = nonfinite_counts(x)
     if nans or infs:
@@ -67,7 +67,17 @@ def _listed(classes: Sequence[int]) -> str:
 
 
 def class_set_difference(y_train: np.ndarray, y_val: np.ndarray, source: str) -> str | None:
-    """A one-line note when train and validation labels hold different classes, else None."""
+    """A one-line note when train and validation labels hold different classes, else None.
+
+    A note, not an error: a small validation set may lack a rare class, and a split may
+    hold classes out on purpose. Returned rather than warned, so that the application
+    prints it in its own one-line format and records it with the run; `warn_on_class_sets`
+    is the same check as a Python warning, for scripts.
+
+    Example:
+      >>> class_set_difference(np.array([0, 1, 2]), np.array([0, 3]), "a.npz")  # doctest: +ELLIPSIS
+      'a.npz: train and validation hold different classes: validation has classes train never shows (3); ...'
+    """
     train, val = set(np.unique(y_train).tolist()), set(np.unique(y_val).tolist())
     if train == val:
         return None
@@ -80,15 +90,13 @@ def class_set_difference(y_train: np.ndarray, y_val: np.ndarray, source: str) ->
 
 
 def warn_on_class_sets(y_train: np.ndarray, y_val: np.ndarray, source: str) -> str | None:
-    """Warns (`DataWarning`) when the class sets differ; returns the note, or None.
+    """`class_set_difference` as a `DataWarning` (when there is a difference); returns the note.
 
-    A warning, not an error: a small validation set may lack a rare class, and a
-    deliberate split may hold out classes. Python warnings reach library users as well as
-    the CLI, and `-W error::composeloop.parts.checks.DataWarning` turns them into errors.
+    `-W error::composeloop.parts.checks.DataWarning` turns it into an error.
     """
     note = class_set_difference(y_train, y_val, source)
     if note:
-        warnings.warn(note, DataWarning, stacklevel=3)
+        warnings.warn(note, DataWarning, stacklevel=2)
     return note
 
 

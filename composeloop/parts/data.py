@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 
 from composeloop.errors import DataError
-from composeloop.parts.checks import check_finite, nonfinite_counts, warn_on_class_sets
+from composeloop.parts.checks import check_finite, nonfinite_counts
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _LABEL_MAX = np.iinfo(np.int32).max
@@ -161,8 +161,8 @@ def load_npz(path: str | Path) -> ArrayData:
     """Reads an MNIST-style .npz holding x_train, y_train, x_test, y_test.
 
     The test split is used for validation. uint8 images are scaled to [0, 1]. Features
-    holding NaN or Inf are refused; train and validation with different classes warn
-    (`checks.DataWarning`).
+    holding NaN or Inf are refused. Different train and validation classes are not an
+    error; `checks.class_set_difference` gives the note to show.
 
     Raises:
       DataError: the file is missing or unreadable, lacks a key, holds non-finite features,
@@ -187,7 +187,6 @@ def load_npz(path: str | Path) -> ArrayData:
         raise DataError(
             f"data.path: {path} x_train examples have shape {x_train.shape[1:]} but x_test examples {x_test.shape[1:]}"
         )
-    warn_on_class_sets(y_train, y_test, f"data.path: {path}")
     return ArrayData(x_train, y_train, x_test, y_test)
 
 
