@@ -106,6 +106,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_with_a_warning_and_deletes_n
     assert "\n" not in message
     assert state.step == 20 and restored_step() == 20 and state.extras["resumed_from_step"] == 20
     assert state.extras["unreadable_checkpoints"] == [f"{directory}/ckpt-30"]
+    assert message == f"composeloop: {state.extras['resume_note']}"
     assert files(directory) == before  # nothing deleted, nothing rewritten
 
 

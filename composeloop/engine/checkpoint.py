@@ -194,8 +194,9 @@ class Checkpoints:
         """Moves `state` to the latest readable rolling checkpoint's position and history, if any.
 
         Unreadable checkpoints (missing, truncated or corrupt files) are skipped, newest
-        first, with one `CheckpointWarning`; their names go to ``state.extras``
-        (``unreadable_checkpoints``). Nothing is deleted or rewritten.
+        first, with one `CheckpointWarning`; ``state.extras`` gets their names
+        (``unreadable_checkpoints``) and the warning's text (``resume_note``). Nothing is
+        deleted or rewritten.
 
         Raises:
           CheckpointError: there are checkpoints but none can be read, or the newest
@@ -225,12 +226,12 @@ class Checkpoints:
             self._unreadable = [path for path, _ in unreadable]
             state.extras["unreadable_checkpoints"] = list(self._unreadable)
             skipped = "; ".join(f"{path} ({reason})" for path, reason in unreadable)
-            warnings.warn(
-                f"composeloop: checkpoint cannot be read: {skipped}; resumed from {self.restored_from} "
-                f"(step {state.step}), the newest readable one; the unreadable files are left in place",
-                CheckpointWarning,
-                stacklevel=2,
+            note = (
+                f"checkpoint cannot be read: {skipped}; resumed from {self.restored_from} "
+                f"(step {state.step}), the newest readable one; the unreadable files are left in place"
             )
+            state.extras["resume_note"] = note  # for the application's own one-line output and summary
+            warnings.warn(f"composeloop: {note}", CheckpointWarning, stacklevel=2)
         return state
 
     def _candidates(self) -> list[str]:
