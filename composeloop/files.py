@@ -15,35 +15,50 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 
-def write_bytes_atomically(path: str | Path, data: bytes) -> None:
-    """Replaces `path` with `data` through a unique temporary file, fsync and a rename.
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """Creates and opens an empty file beside `path` under a name no other writer uses.
+
+    Not `tempfile.mkstemp`: its files are private (mode 0600), and the renamed result would
+    be too; `os.open` with 0666 gives the mode a plain `open` gives, the umask applied.
+    """
+    while True:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+
+
+def write_atomically(path: str | Path, content: str | bytes) -> None:
+    """Replaces `path` with `content` whole: a temporary file of its own beside it, fsync, rename.
+
+    The temporary's name is unique to this call (pid and a random part), so two writers of
+    one file (two processes in one run directory, say) never rename each other's temporary
+    away; the last rename wins and readers see one whole file or the other. The temporary
+    is removed if anything fails before the rename. Text is written as UTF-8.
 
     Example:
-      >>> write_bytes_atomically(run_dir / "sweep.png", png)
+      >>> write_atomically(run_dir / "notes.txt", "one whole file\n")
     """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    data = content.encode() if isinstance(content, str) else content
+    descriptor, temporary = _create_temporary(path)
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-
-
-def write_atomically(path: str | Path, text: str) -> None:
-    """Replaces `path` with `text` (UTF-8), atomically; see `write_bytes_atomically`."""
-    write_bytes_atomically(path, text.encode())
 
 
 def jsonable(value: Any) -> Any:

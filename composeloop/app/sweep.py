@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from composeloop.app.sweep_rows import FAILED, INTERRUPTED, parameters, read_sweep, swept_keys
 from composeloop.errors import ConfigError
-from composeloop.files import read_json, write_bytes_atomically, write_json_atomically
+from composeloop.files import read_json, write_atomically, write_json_atomically
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_MD = "sweep_summary.md"
@@ -177,7 +177,7 @@ def write_summary(sweep_dir: str | Path, *, missing: str = "failed", plot: bool 
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([["" if cell is None else cell for cell in line] for line in cells])
-    write_bytes_atomically(sweep_dir / SUMMARY_CSV, text.getvalue().encode())
+    write_atomically(sweep_dir / SUMMARY_CSV, text.getvalue().encode())
 
     failed = sum(row["status"] in FAILED for row in rows)
     unfinished = sum(row["status"] == INTERRUPTED for row in rows)
@@ -196,7 +196,7 @@ def write_summary(sweep_dir: str | Path, *, missing: str = "failed", plot: bool 
 
         plot_sweep(rows, swept_keys(rows), metric, sweep_dir / PLOT)
         lines += ["", f"![{metric} against the swept values]({PLOT})"]
-    write_bytes_atomically(sweep_dir / SUMMARY_MD, ("\n".join(lines) + "\n").encode())
+    write_atomically(sweep_dir / SUMMARY_MD, ("\n".join(lines) + "\n").encode())
     return SweepOutcome(sweep_dir, len(rows), failed, unfinished)
 
 

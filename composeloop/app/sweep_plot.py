@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from composeloop.app.sweep_rows import FAILED, parameters
-from composeloop.files import write_bytes_atomically
+from composeloop.files import write_atomically
 
 SEED_KEY = "seed"
 
@@ -94,4 +94,4 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: s
         axes.legend(fontsize=8)
     png = io.BytesIO()
     figure.savefig(png, format="png")
-    write_bytes_atomically(path, png.getvalue())
+    write_atomically(path, png.getvalue())

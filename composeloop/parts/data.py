@@ -11,19 +11,19 @@ inside scikit-learn (`sklearn/datasets/data/digits.csv.gz`), converted to uint8 
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 import numpy as np
 
 from composeloop.errors import DataError
+from composeloop.parts.checks import check_finite, nonfinite_counts
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_LABEL_MAX = np.iinfo(np.int32).max
 
 
 @attrs.frozen
@@ -74,25 +74,109 @@ def digits(val_fraction: float = 0.2, seed: int = 0) -> ArrayData:
 
 
 def _as_features(x: np.ndarray, key: str, source: str) -> np.ndarray:
+    """Examples as float32 (uint8 pixels scaled to [0, 1]); checked for shape and finiteness."""
+    where = f"{source} array '{key}'"
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{where} has dtype {x.dtype}; expected numbers")
+    if x.ndim == 0 or 0 in x.shape[1:]:
+        raise DataError(f"{where} must hold examples along its first axis, each with values; got shape {x.shape}")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range: named below
+        features = x.astype(np.float32)
     if x.dtype == np.uint8:  # MNIST-style pixels
-        return x.astype(np.float32) / 255.0
-    if x.dtype.kind in "uif":
-        return x.astype(np.float32)
-    raise DataError(f"{source} array '{key}' has dtype {x.dtype}; expected numbers")
+        features /= 255.0
+    try:
+        check_finite(features, where)
+    except DataError:
+        if x.dtype.kind == "f" and not any(nonfinite_counts(x)):  # finite, but not in float32
+            raise DataError(f"{where} holds values beyond float32's range (up to {np.abs(x).max():.3g})") from None
+        raise
+    return features
 
 
 def _as_labels(y: np.ndarray, key: str, source: str) -> np.ndarray:
+    where = f"{source} array '{key}'"
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(f"{source} array '{key}' must be integer class ids of shape (n,), got {y.shape}")
-    if y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0):
+        raise DataError(f"{where} must be integer class ids of shape (n,), got {y.shape}")
+    if y.dtype.kind == "f" and np.isfinite(y).all() and np.all(np.mod(y, 1) == 0):
+        largest = float(np.abs(y).max(initial=0))  # a Python float: no cast of the bound to float16
+        if largest > _LABEL_MAX:
+            raise DataError(f"{where} holds a label beyond {_LABEL_MAX} ({largest:.3g})")
         y = y.astype(np.int64)
     if y.dtype.kind not in "ui":
-        raise DataError(f"{source} array '{key}' must hold integer class ids, got dtype {y.dtype}")
+        raise DataError(f"{where} must hold integer class ids, got dtype {y.dtype}")
     if y.size and y.min() < 0:
-        raise DataError(f"{source} array '{key}' holds a negative label ({int(y.min())})")
+        raise DataError(f"{where} holds a negative label ({int(y.min())})")
+    if y.size and y.max() > _LABEL_MAX:
+        raise DataError(f"{where} holds a label beyond {_LABEL_MAX} ({int(y.max())}); labels are int32 class ids")
     return y.astype(np.int32)
+
+
+# Reading a damaged file fails in zipfile, zlib or numpy's header parser with whatever they
+# raise (BadZipFile, zlib.error, NotImplementedError for an unknown compression method,
+# RuntimeError for an encrypted member, tokenize.TokenError for a mangled .npy header,
+# MemoryError for a header claiming a huge shape, ...): on those untrusted bytes any
+# exception means "unreadable", so the two readers below catch them all.
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of `NPZ_KEYS` from the .npz at `path`; a DataError names what cannot be read."""
+    try:
+        # Opened here, not by np.load: numpy leaks its own handle when the zip is damaged.
+        with open(path, "rb") as handle:
+            return _read_archive(handle, path)
+    except DataError:
+        raise
+    except Exception as error:  # unreadable, whatever the parser raised (see above)
+        # numpy's own text for a file that is no zip talks about pickles: the error type says enough.
+        raise DataError(f"data.path: {path} is not a readable .npz file ({type(error).__name__})") from None
+
+
+def _read_archive(handle: BinaryIO, path: Path) -> dict[str, np.ndarray]:
+    archive = np.load(handle, allow_pickle=False)
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy array
+        raise DataError(f"data.path: {path} holds one array, not an .npz with {', '.join(NPZ_KEYS)}")
+    with archive:
+        missing = [key for key in NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise DataError(
+                f"data.path: {path} lacks {', '.join(missing)}; an MNIST-style .npz holds {', '.join(NPZ_KEYS)}"
+            )
+        return {key: _read_array(archive, key, path) for key in NPZ_KEYS}
+
+
+def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise DataError(f"data.path: {path} array '{key}' holds Python objects; store numbers") from None
+        reason = type(error).__name__
+    except Exception as error:  # unreadable, whatever the parser raised (see above)
+        reason = type(error).__name__
+    raise DataError(f"data.path: {path} is not a readable .npz file (array '{key}': {reason})")
+
+
+def load_npz(path: str | Path) -> ArrayData:
+    """Reads an MNIST-style .npz holding x_train, y_train, x_test, y_test.
+
+    The test split is used for validation. uint8 images are scaled to [0, 1]. Features
+    holding NaN or Inf are refused. Different train and validation classes are not an
+    error; `checks.class_set_difference` gives the note to show.
+
+    Raises:
+      DataError: the file is missing or unreadable, lacks a key, holds non-finite features,
+        or its shapes or labels are wrong (one line naming the file and array).
+
+    Example:
+      >>> data = load_npz("mnist.npz")
+      >>> data.example_shape  # (28, 28)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.path: no such file: {path}" if not path.exists() else f"data.path: {path} is not a file")
+    return checked_arrays(_read_arrays(path), f"data.path: {path}")
 
 
 def checked_arrays(raw: Mapping[str, np.ndarray], source: str) -> ArrayData:
@@ -121,35 +205,6 @@ def checked_arrays(raw: Mapping[str, np.ndarray], source: str) -> ArrayData:
     return ArrayData(x_train, y_train, x_val, y_valid)
 
 
-def load_npz(path: str | Path) -> ArrayData:
-    """Reads an MNIST-style .npz holding x_train, y_train, x_test, y_test.
-
-    The test split is used for validation. uint8 images are scaled to [0, 1].
-
-    Raises:
-      DataError: the file is missing, unreadable, lacks a key, or its shapes disagree.
-
-    Example:
-      >>> data = load_npz("mnist.npz")
-      >>> data.example_shape  # (28, 28)
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data.path: no such file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [key for key in NPZ_KEYS if key not in arrays.files]
-            if missing:
-                raise DataError(
-                    f"data.path: {path} lacks {', '.join(missing)}; an MNIST-style .npz holds {', '.join(NPZ_KEYS)}"
-                )
-            raw = {key: arrays[key] for key in NPZ_KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
-        # numpy's own text for a corrupt file talks about pickles: the error type says enough.
-        raise DataError(f"data.path: {path} is not a readable .npz file ({type(error).__name__})") from None
-    return checked_arrays(raw, f"data.path: {path}")
-
-
 def read_features(path: str | Path, key: str) -> np.ndarray:
     """The features to predict on: array ``x`` (or ``x_test``) of an .npz, as float32.
 
@@ -160,12 +215,14 @@ def read_features(path: str | Path, key: str) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{key}: no such file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as arrays:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:
             name = next((name for name in ("x", "x_test") if name in arrays.files), None)
             if name is None:
                 raise DataError(f"{key}: {path} holds no array 'x' (it has {', '.join(arrays.files) or 'nothing'})")
             x = arrays[name]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+    except DataError:
+        raise
+    except Exception as error:  # unreadable, whatever the parser raised (see `_read_arrays`)
         raise DataError(f"{key}: {path} is not a readable .npz file ({type(error).__name__})") from None
     if x.ndim < 2 or len(x) == 0:
         raise DataError(f"{key}: {path} array '{name}' must hold examples of shape (n, ...), got {x.shape}")
