@@ -3,7 +3,7 @@
 The end-to-end cases run the real sweeper plugin, Optuna's SQLite storage and Hydra's
 launchers (basic, and joblib with jobs in other processes) as subprocesses over
 tests/search_app, a Hydra app whose job is composeloop's loop handlers over epochs that
-take no time (no TensorFlow training; marked slow for the subprocesses, about 25 s). The job side
+take no time (no TensorFlow training; marked slow for the subprocesses), tracked in MLflow. The job side
 of pruning and the settling of trials a killed search left running are checked in-process.
 """
 
@@ -19,7 +19,7 @@ import optuna
 import pytest
 import yaml
 
-from composeloop.app import search
+from composeloop.app import search, tracking
 from composeloop.engine.events import Event, RunState, dispatch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def states(study: optuna.Study) -> list[str]:
 @pytest.mark.slow
 def test_a_search_persists_prunes_and_a_rerun_adds_trials_to_the_same_study(tmp_path):
     sweep = tmp_path / "sweep"
-    common = (*SPACE, f"hydra.sweep.dir={sweep}", "hydra.sweeper.startup_trials=2")
+    common = (*SPACE, f"hydra.sweep.dir={sweep}", "hydra.sweeper.startup_trials=2", "tracking.backend=mlflow")
     run_app("hydra.sweeper.n_trials=6", *common, cwd=tmp_path)
     study = load(sweep)
     assert len(study.trials) == 6 and "pruned" in states(study) and "complete" in states(study)
@@ -74,6 +74,15 @@ def test_a_search_persists_prunes_and_a_rerun_adds_trials_to_the_same_study(tmp_
     assert all(trial.intermediate_values for trial in again.trials[6:])
     pids = {json.loads(line)["pid"] for n in range(6, 10) for line in (sweep / str(n) / "metrics.jsonl").open()}
     assert len(pids) >= 2
+    # In MLflow: one parent run for the sweep (continued by the rerun), one nested run per trial.
+    client = tracking.mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("classifier").experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    nested = {int(run.data.tags["optuna.trial"]): run for run in runs if run is not parent}
+    assert {run.data.tags["mlflow.parentRunId"] for run in nested.values()} == {parent.info.run_id}
+    assert sorted(nested) == list(range(10))
+    assert [nested[n].data.tags["status"] for n in range(10)] == [t.user_attrs["status"] for t in again.trials]
+    assert "optimization_results.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def json_lines(path: Path) -> list[dict[str, str]]:

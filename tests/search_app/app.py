@@ -4,7 +4,9 @@ Each "epoch" logs ``val_accuracy``, best at a learning rate of 3e-3 and growing 
 epochs, through composeloop's real loop handlers: `pruning_handlers` of the job's trial
 (found as the runner finds it, from the environment) and the metric files. The job
 writes summary.json and returns the summary, as composeloop's runner does, so the sweep
-summary and the sweeper read it exactly as they read a real run.
+summary and the sweeper read it exactly as they read a real run. With
+``tracking.backend=mlflow`` each job is an MLflow run nested under the sweep's, wired
+as the runner wires it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
-from composeloop.app import search
+from composeloop.app import search, tracking, tracking_sweep
 from composeloop.engine.events import Event, RunState, dispatch
 from composeloop.engine.report import metric_files, write_json_atomically
 
@@ -32,6 +35,16 @@ def main(config) -> dict:
     directory = Path(HydraConfig.get().runtime.output_dir)
     trial = search.current_trial()
     handlers = [*(search.pruning_handlers(trial) if trial else []), *metric_files(directory)]
+    tracked = tracking_sweep.tracking_settings(config)
+    if tracked:
+        uri, experiment = tracked
+        params = tracking.flatten(OmegaConf.to_container(config))
+        parent = tracking_sweep.parent_run_id(HydraConfig.get().sweep.dir)
+        tags = {"optuna.trial": trial.number} if trial else {}
+        tracker = tracking.start_run(
+            uri, directory, experiment=experiment, params=params, tags=tags, parent_run_id=parent
+        )
+        handlers += tracking.tracking_handlers(tracker)
     state = RunState(program=None, epochs=config.train.epochs)
     dispatch(handlers, Event.RUN_BEGIN, state)
     while state.epoch < state.epochs and not state.stopping:
@@ -49,6 +62,8 @@ def main(config) -> dict:
         "wall_s": time.process_time(),
     }
     write_json_atomically(directory / "summary.json", summary)
+    if tracked:
+        tracking.end_run(tracker, directory, summary)
     return summary
 
 
