@@ -149,3 +149,32 @@ def test_trials_a_killed_search_left_running_are_settled_from_their_job_director
 
 def load_from(storage: str) -> optuna.Study:
     return optuna.load_study(study_name="s", storage=storage)
+
+
+def test_the_search_picture_and_results_take_any_trials(tmp_path):
+    from composeloop.app.search_report import best_row, plot_search, write_results
+
+    def row(number, state, value, **params):
+        return {"number": number, "state": state, "value": value, "params": params, "intermediate": {1: 0.2}}
+
+    cases = {
+        "none": [],
+        "no_params": [row(0, "complete", 0.5)],
+        "choices_only": [
+            row(0, "complete", 0.9, model="mlp"),
+            row(1, "pruned", None, model="cnn"),
+            row(2, "fail", None),
+        ],
+        "numbers": [row(0, "complete", 0.3, lr=1e-3, seed=0), row(1, "complete", 0.2, lr=1e-2, seed=1)],
+    }
+    for name, rows in cases.items():
+        plot_search(rows, tmp_path / f"{name}.png", metric="val_loss", direction="minimize")
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    assert (
+        best_row(cases["numbers"], "minimize")["number"] == 1 and best_row(cases["numbers"], "maximize")["number"] == 0
+    )
+    write_results(tmp_path / "r.yaml", cases["choices_only"], study="s", storage="u", metric="m", direction="maximize")
+    written = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    assert written["trials"] == {"complete": 1, "pruned": 1, "fail": 1} and written["best"]["params"] == {
+        "model": "mlp"
+    }

@@ -33,6 +33,7 @@ def test_dimensions_take_their_type_from_the_schema():
         "model=choice(mlp,cnn)",
         "data.synthetic_shape=choice([8,8],[4,4])",
         "train.epochs=3",
+        "hydra.sweeper.params.seed=interval(0,1)",  # Hydra's own settings are never searched
     )
     dims = {d.name: d for d in found.dimensions}
     assert (dims["optimizer.learning_rate"].kind, dims["optimizer.learning_rate"].log) == ("float", True)
@@ -40,7 +41,7 @@ def test_dimensions_take_their_type_from_the_schema():
     assert (dims["model.depth"].low, dims["model.depth"].high, dims["model.depth"].step) == (1, 3, 1)
     assert dims["gradient.clip_norm"].choices == (None, 1.0)
     assert dims["data.synthetic_shape"].choices == ("[8,8]", "[4,4]")  # stored as the override text
-    assert found.fixed == ("train.epochs=3",)
+    assert found.fixed == ("train.epochs=3", "hydra.sweeper.params.seed=interval(0,1)")
     params = {
         "optimizer.learning_rate": 0.00123,
         "model.width": 17,
@@ -50,14 +51,14 @@ def test_dimensions_take_their_type_from_the_schema():
         "gradient.clip_norm": None,
         "data.synthetic_shape": "[4,4]",
     }
-    assert found.overrides(params) == [
-        "train.epochs=3", "optimizer.learning_rate=0.00123", "model.width=17", "model.depth=2",
+    assert found.overrides(params)[2:] == [
+        "optimizer.learning_rate=0.00123", "model.width=17", "model.depth=2",
         "gradient.clip_global_norm=5.0", "gradient.clip_norm=null", "model=cnn", "data.synthetic_shape=[4,4]",
     ]  # fmt: skip
     # Each override parses back to the sampled value.
     parsed = OverridesParser.create().parse_overrides(found.overrides(params))
-    assert [o.value() for o in parsed][1:6] == [0.00123, 17, 2, 5.0, None]
-    assert found.examples()[1:3] == ["optimizer.learning_rate=0.0001", "model.width=8"]
+    assert [o.value() for o in parsed][2:7] == [0.00123, 17, 2, 5.0, None]
+    assert found.examples()[2:4] == ["optimizer.learning_rate=0.0001", "model.width=8"]
 
 
 def test_optuna_distributions_follow_the_dimensions():

@@ -125,7 +125,7 @@ def plot_search(
     axes = figure.add_subplot()
     pruned = failed = 0
     for row in rows:
-        x = row["params"].get(x_name)
+        x = row["params"].get(x_name) if x_name else row["number"]
         colour = palette[str(row["params"].get(colour_name))] if colour_name else "C0"
         if row["state"] == "complete" and row["value"] is not None and math.isfinite(row["value"]):
             axes.scatter([x], [row["value"]], color=colour, s=36, zorder=3)

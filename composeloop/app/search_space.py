@@ -326,7 +326,7 @@ def search_space(
     fixed: dict[str, str] = {}
     for override in overrides:
         name = override.get_key_element().lstrip("+~")
-        if override.is_sweep_override():
+        if override.is_sweep_override() and not override.is_hydra_override():  # hydra.*: Hydra's settings
             fixed.pop(name, None)
             swept[name] = _dimension(override, schema, group_options)
         else:
