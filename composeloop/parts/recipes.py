@@ -65,19 +65,12 @@ def classifier_phase(
 
 
 def classifier_step(
-    model: Any,
-    optimizer: Any,
-    *,
-    transform: Transform | None = None,
-    metrics: Sequence[Metric] = (),
-    forward: Forward | None = None,
-    loss: Loss | None = None,
-    aggregate: Aggregate | None = None,
-    apply: Apply | None = None,
+    model: Any, optimizer: Any, *, transform: Transform | None = None, metrics: Sequence[Metric] = (), **stages: Any
 ) -> Step:
     """The composed classifier step for one built Keras model (the default ``step._target_``).
 
-    From the command line every slot's stage can be yours, Hydra-style:
+    `stages` replace a slot's stage as in `classifier_phase` (`forward`, `loss`,
+    `aggregate`, `apply`); from the command line, Hydra-style:
     ``'++step.loss={_target_: my_pkg.focal_loss, gamma: 2.0}'``.
 
     Example:
@@ -85,6 +78,5 @@ def classifier_step(
       >>> [phase.name for phase in step.phases]
       ['classifier']
     """
-    stages = {"forward": forward, "loss": loss, "aggregate": aggregate, "apply": apply}
     phase = classifier_phase(optimizer, transform=transform, metrics=metrics, **stages)
     return compose(phase, models={"model": model})
