@@ -59,7 +59,9 @@ class Selector:
         return bool(self.patterns) or self.predicate is not None
 
     def describe(self) -> str:
-        return repr(list(self.patterns)) if self.predicate is None else getattr(self.predicate, "__name__", "predicate")
+        if self.predicate is not None:
+            return getattr(self.predicate, "__name__", "predicate")
+        return repr(self.patterns[0]) if len(self.patterns) == 1 else repr(list(self.patterns))
 
     def picks(self, variables: Sequence[Any]) -> list[bool]:
         """For each variable, whether the mask picks it; warns once per pattern that picks none."""
