@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from composeloop.step.apply import Apply
-from composeloop.step.records import when
 from composeloop.step.wrapping import CopyingWrapper, read
 
 
@@ -53,25 +52,22 @@ class Lookahead(CopyingWrapper):
 
     def __call__(self, gradients: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
         self.owner  # noqa: B018  # raises if not built
+        # Unconditional assigns through tf.where, no tf.cond: under a one-replica
+        # MirroredStrategy the apply runs in a replica context, where a tf.cond branch cannot
+        # update a mirrored variable. It costs a pass over the weights at every update.
         count = self.count.read_value()
-
-        def start() -> None:
-            for slow, variable in zip(self.slow, variables, strict=True):
-                slow.assign(read(variable))
-
-        when(tf.equal(count, 0), start)
+        first = tf.equal(count, 0)
+        for slow, variable in zip(self.slow, variables, strict=True):
+            slow.assign(tf.where(first, read(variable), slow.read_value()))
         self.inner(gradients, variables)
         count = count + 1
         self.count.assign(count)
-
-        def sync() -> None:
-            for slow, variable in zip(self.slow, variables, strict=True):
-                old = slow.read_value()
-                new = old + tf.cast(self.alpha, old.dtype) * (read(variable) - old)
-                slow.assign(new)
-                variable.assign(new)
-
-        when(tf.equal(count % self.k, 0), sync)
+        sync = tf.equal(count % self.k, 0)
+        for slow, variable in zip(self.slow, variables, strict=True):
+            old, fast = slow.read_value(), read(variable)
+            new = old + tf.cast(self.alpha, old.dtype) * (fast - old)
+            slow.assign(tf.where(sync, new, old))
+            variable.assign(tf.where(sync, new, fast))
 
 
 def lookahead(apply: Apply, k: int = 5, alpha: float = 0.5) -> Lookahead:
