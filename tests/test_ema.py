@@ -167,3 +167,24 @@ def test_a_keras_optimizer_under_two_replicas_is_refused_until_the_engine_applie
         step = ema_step()
         with pytest.raises(ComposeError, match="ema: the wrapped apply stage must run per replica"):
             compile_step(step, strategy=mirrored_strategy(2))
+
+
+def test_the_swap_sets_every_replica_copy_under_a_strategy():
+    strategy = mirrored_strategy(2)
+    with strategy.scope():
+        step = sgd_with_ema()
+    program = compile_step(step, strategy=strategy)
+    program.train(iter(program.distribute(dataset(X, Y, 8))), 2)
+    stage = cs.ema_stages(program)[0]
+
+    def copies(variable):
+        return [c.numpy() for c in strategy.experimental_local_results(getattr(variable, "value", variable))]
+
+    raw = [copies(v) for v in stage.owner]
+    with cs.ema_weights(program):
+        for variable, shadow in zip(stage.owner, stage.shadows, strict=True):
+            for copy in copies(variable):
+                np.testing.assert_array_equal(copy, shadow.numpy())
+    for variable, before in zip(stage.owner, raw, strict=True):
+        for copy, value in zip(copies(variable), before, strict=True):
+            np.testing.assert_array_equal(copy, value)
