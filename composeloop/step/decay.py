@@ -118,7 +118,7 @@ class DecoupledWeightDecay(ApplyWrapper):
         self.learning_rate = learning_rate
 
     def _create(self, variables: list[Any]) -> None:
-        self._chosen = self.decayed(variables)  # resolves (and warns) before tracing
+        self.decayed(variables)  # resolves the mask (warns, or refuses excluding all) before tracing
 
     def __call__(self, gradients: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
         chosen = self.decayed(variables)

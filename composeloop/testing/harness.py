@@ -2,8 +2,9 @@
 
 This module owns what the step checkers share: the process-wide CPU replicas and the one
 `MirroredStrategy` over them, hand-made `Context`s for calling stages directly, and
-`StepRunner`, which compiles a step ONCE and then runs single steps on any batch (split
-over the replicas) from a snapshot of every variable. Batches reach the compiled function
+`StepRunner`, which compiles a step ONCE and then runs steps on any batches (split over
+the replicas) from a snapshot of every variable, stage state (optimizer slots, EMA shadows,
+accumulators, loss scales) included. Batches reach the compiled function
 through a dataset whose batch dimension is unknown, so no batch size retraces it. It asserts
 nothing: the checkers do.
 """
