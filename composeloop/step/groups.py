@@ -5,8 +5,10 @@ list of them) searched in each variable's Keras 3 ``path`` (``"mlp/dense_1/bias"
 `tf.Variable`'s ``name`` otherwise), or a predicate ``variable -> bool``. A mask is resolved
 against the phase's variable list in Python, when the stage is built and again while
 tracing: the choice is static, so it costs nothing in the graph. A pattern that matches no
-variable is almost always a typo, so it warns, naming the pattern. It also owns the two
-group combinators; weight decay (`composeloop.step.decay`) uses the same masks.
+variable is almost always a typo, so it warns, naming the pattern. Keras numbers default
+layer names per process (``dense_3``): name the layers a pattern must find, e.g.
+``Dense(10, name="head")``. The module also owns the two group combinators; weight decay
+(`composeloop.step.decay`) uses the same masks.
 
 A transform inside a group sees only that group's gradients and variables: a global-norm
 clip inside a group bounds that group's norm, not the phase's. The update of the phase is
@@ -178,7 +180,7 @@ def masked(transform: Transform, mask: Mask) -> Transform:
 
 
 def partition(groups: Mapping[str, Transform], default: Transform | None = None) -> Transform:
-    """Runs a different transform on each group of variables, picked by path pattern.
+    """Runs a different transform on each group of variables, picked by path pattern (optax's ``multi_transform``).
 
     Every variable must be matched by exactly one pattern, or by none when a `default`
     transform takes the rest (``default=identity()`` lets them pass unchanged). Each group's
