@@ -68,6 +68,7 @@ class Mode(enum.Enum):
     evaluate = "evaluate"  # the checkpointed weights on the validation data: evaluation.json
     predict = "predict"  # the model on predict.input: predictions.npz
     export = "export"  # a SavedModel for serving: export/
+    lr_find = "lr_find"  # the learning-rate range test: lr_find.png, summary.json
 
 
 class Weights(enum.Enum):

@@ -11,6 +11,7 @@ choose what a mode does (`composeloop.app.modes`).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,15 @@ def compile_options(config: Config, strategy: Any = None) -> dict[str, Any]:
         "on_nonfinite": "count" if config.train.nan_policy is NanPolicy.skip else "halt",
         "record_logs": config.report.tensorboard,
     }
+
+
+def averaged_weights(program: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """() -> a context holding the EMA weights in the models (`composeloop.step.ema_weights`)
+    when the program's step keeps an average (``train.ema``, or an `ema` stage of its own);
+    else a context that changes nothing. Validation, saved models and modes enter it."""
+    from composeloop.step import ema_stages, ema_weights
+
+    return (lambda: ema_weights(program)) if ema_stages(program) else contextlib.nullcontext
 
 
 def checkpoint_directory(config: Config, directory: Path) -> Path:
@@ -156,6 +166,7 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
             validation_data=training.validation_data,
             handlers=handlers,
             state=state,
+            validation_weights=averaged_weights(program),
         )
 
 
@@ -168,7 +179,7 @@ def _save_once(checkpoints: Any, state: Any) -> None:
 
 
 def _restore_best(checkpoints: Any, state: Any) -> None:
-    if checkpoints.latest_best is not None:
+    if checkpoints.latest_best is not None:  # with the apply stages' state: an EMA's shadows of that epoch
         checkpoints.restore(checkpoints.latest_best, models_only=True)
         state.extras["restored_best"] = True
 
