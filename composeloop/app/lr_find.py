@@ -73,6 +73,8 @@ def lr_find(run: Any) -> dict[str, Any]:
         "end": settings.end,
         "planned_steps": settings.steps,
         **test.summary(),
+        # What a sweep's summary shows for each job (sweeps read a run's `metrics`).
+        "metrics": {"suggested_learning_rate": test.suggested, "minimum_loss_learning_rate": test.minimum},
         "wall_s": time.perf_counter() - run.started,
     }
     write_json_atomically(run.outputs / "summary.json", result)

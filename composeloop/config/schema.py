@@ -335,7 +335,7 @@ class LrFindConfig:
     start: float = attrs.field(default=1e-7, validator=positive)
     end: float = attrs.field(default=10.0, validator=positive)
     steps: int = attrs.field(default=100, validator=count(2, 10_000_000))
-    smoothing: float = attrs.field(default=0.98, validator=fraction)  # the loss's moving-average weight
+    smoothing: float = attrs.field(default=0.9, validator=fraction)  # the weight of the old loss average
     divergence: float = attrs.field(default=4.0, validator=_check(lambda v: v > 1, "> 1"))
 
 

@@ -167,7 +167,7 @@ def lr_range_test(
     start: float = 1e-7,
     end: float = 10.0,
     steps: int = 100,
-    smoothing: float = 0.98,
+    smoothing: float = 0.9,
     divergence: float = 4.0,
     strategy: tf.distribute.Strategy | None = None,
     seed: int = 0,
@@ -264,10 +264,11 @@ def plot_range_test(test: RangeTest, path: str | Path, title: str = "") -> None:
         at = test.smoothed[test.learning_rates.index(test.minimum)]
         axis.plot([test.minimum], [at], "v", color="gray", label=f"lowest loss at {test.minimum:.2g}")
     axis.set_xscale("log")
-    finite = [value for value in test.smoothed if math.isfinite(value)]
-    if finite:  # the divergence can be huge: keep the interesting part in view
-        low, high = min(finite), max(finite[0], min(max(finite), 2 * finite[0]))
-        axis.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low))
+    finite = [value for value in (*test.losses, *test.smoothed) if math.isfinite(value)]
+    if finite and math.isfinite(test.smoothed[0]):  # a divergence can be huge: keep the descent in view
+        low, high = min(finite), min(max(finite), 1.5 * test.smoothed[0])
+        if high > low:
+            axis.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
     axis.set_xlabel("learning rate")
     axis.set_ylabel("loss")
     axis.grid(alpha=0.3, which="both")
