@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from composeloop import step as cs
+from composeloop.app.compositions import check_used
 from composeloop.app.preflight import load_config
 from composeloop.config import build
 from composeloop.config.schema import GradientConfig, OptimizerConfig, TrainConfig
@@ -26,6 +27,7 @@ from composeloop.errors import ConfigError
 from composeloop.step.groups import MaskWarning
 from composeloop.step.wrapping import unwrap
 from composeloop.testing import StepRunner, check_accumulation
+from composeloop.vocabulary import Precision
 
 X, Y = tiny_data(examples=16)
 
@@ -156,6 +158,21 @@ def test_wrappers_move_once_per_accumulated_update_as_one_big_batch_would(sizes)
     offsets = np.cumsum([0, *sizes])
     parts = [{"x": X[a:b], "y": Y[a:b]} for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     check_accumulation(_wrapped_step, parts)
+
+
+def test_accumulation_and_loss_scaling_act_on_other_slots_and_keep_the_wrapped_apply():
+    step = build.adapt_step(_wrapped_step(), TrainConfig(accumulate=2, precision=Precision.mixed_float16))
+    assert _apply_chain(step) == ["ExponentialMovingAverage", "Lookahead", "DecoupledWeightDecay", "OptimizerApply"]
+    assert step.phases[0].aggregate.loss_scale is not None
+
+
+def test_weight_decay_keys_are_used_by_any_builder_being_wired_by_the_application():
+    def builds_its_own_optimizer(model):
+        return model
+
+    check_used(builds_its_own_optimizer, "mine", ["optimizer.weight_decay=0.1", "optimizer.weight_decay_exclude=[b]"])
+    with pytest.raises(ConfigError, match="optimizer.learning_rate: the step builder mine does not use optimizer"):
+        check_used(builds_its_own_optimizer, "mine", ["optimizer.weight_decay=0.1", "optimizer.learning_rate=0.1"])
 
 
 def test_a_withheld_update_moves_no_wrapper():
