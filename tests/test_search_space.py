@@ -105,12 +105,21 @@ def test_an_unknown_distribution_and_a_zero_budget_are_refused():
 
 
 def test_the_objective_follows_the_one_higher_is_better_rule():
-    assert search.objective("classifier") == ("val_accuracy", "maximize")
-    assert search.objective("wgan_gp") == ("digit_confidence", "maximize")
-    assert search.objective("mine", "val_loss") == ("val_loss", "minimize")
-    assert search.objective("mine", "val_loss", "maximize") == ("val_loss", "maximize")
-    with pytest.raises(ConfigError, match="^hydra.sweeper.metric: experiment 'mine' has no known main metric"):
-        search.objective("mine")
+    assert search.objective("val_accuracy") == ("val_accuracy", "maximize")
+    assert search.objective("digit_confidence") == ("digit_confidence", "maximize")
+    assert search.objective("val_loss") == ("val_loss", "minimize")
+    assert search.objective("val_loss", "maximize") == ("val_loss", "maximize")
+    assert search.objective("val_mine", declared={"mine": True}) == ("val_mine", "maximize")  # the metric's own say
+    with pytest.raises(ConfigError, match="^hydra.sweeper.direction: must be maximize, minimize or null"):
+        search.objective("val_loss", "down")
+
+
+def test_a_search_not_told_its_metric_takes_the_one_the_runs_name():
+    gan = {"status": "completed", "main_metric": "digit_confidence", "directions": {"d_loss": "min"}}
+    declared = {"main_metric": "val_mine", "directions": {"val_mine": "max"}}
+    assert search.reported_objective([{"status": "failed"}, gan]) == ("digit_confidence", "maximize")
+    assert search.reported_objective([declared]) == ("val_mine", "maximize")  # by its recorded direction
+    assert search.reported_objective([ValueError("boom"), {"status": "failed"}]) is None
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 This module owns composeloop's side of a search (the Hydra sweeper that drives it lives in
 ``hydra_plugins/composeloop_optuna``): which metric a trial is judged by and in which
-direction (the experiment's main metric and the one higher-is-better rule), the persistent
+direction (``hydra.sweeper.metric``, else the config's ``main_metric``, else the main metric
+the first trials' summaries name; the one higher-is-better rule), the persistent
 study (SQLite ``optuna.db`` in the sweep directory, so a rerun continues it), how a job's
 summary becomes a trial's state (``complete``, ``pruned``, ``fail``), the trials a killed
 search left running, and the job side of pruning: a job finds its trial through
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from composeloop.errors import ConfigError
+from composeloop.vocabulary import higher_is_better
 
 if TYPE_CHECKING:  # the engine imports TensorFlow: the sweeper's process does without it
     from composeloop.engine.events import Handler, RunState
@@ -34,8 +36,6 @@ ENV_STORAGE = "COMPOSELOOP_OPTUNA_STORAGE"
 ENV_STUDY = "COMPOSELOOP_OPTUNA_STUDY"
 ENV_TRIAL = "COMPOSELOOP_OPTUNA_TRIAL"
 SETTINGS_ATTR = "composeloop"  # the study's user attribute holding its metric and pruner
-# The quality score each built-in experiment reports; a user's experiment sets hydra.sweeper.metric.
-EXPERIMENT_METRICS = {"classifier": "val_accuracy", "gan": "digit_confidence", "wgan_gp": "digit_confidence"}
 COMPLETED = ("completed", "stopped_early")  # summary statuses whose metric is the trial's value
 PRUNED = "pruned"
 PRUNERS = ("median", "successive_halving", "none")
@@ -45,34 +45,45 @@ SAMPLERS = ("tpe", "random")
 # ---------------------------------------------------------------------------- the objective
 
 
-def objective(experiment: str | None, metric: str | None = None, direction: str | None = None) -> tuple[str, str]:
-    """The metric a search optimizes and its direction ("maximize" or "minimize").
+def objective(metric: str, direction: str | None = None, declared: Mapping[str, bool] | None = None) -> tuple[str, str]:
+    """A search's metric and its direction ("maximize" or "minimize").
 
     Args:
-      experiment: the configured experiment (picks its main metric when `metric` is None).
-      metric: a metric the summary reports, e.g. "val_loss"; None: the experiment's.
-      direction: "maximize" or "minimize"; None: from the metric's name by the one
-        higher-is-better rule (`composeloop.engine.stopping.resolve_mode`).
+      metric: a metric the runs' summaries report, e.g. "val_accuracy" or "val_loss".
+      direction: "maximize" or "minimize"; None: by the one higher-is-better rule
+        (`composeloop.vocabulary.higher_is_better`), with `declared` directions first.
+      declared: metric name -> higher is better, as a run's summary.json records them.
 
     Raises:
-      ConfigError: no metric known for the experiment, or an unknown direction.
+      ConfigError: an unknown direction.
 
     Example:
-      >>> objective("classifier")
-      ('val_accuracy', 'maximize')
+      >>> objective("val_accuracy"), objective("val_loss")
+      (('val_accuracy', 'maximize'), ('val_loss', 'minimize'))
     """
-    from composeloop.engine.stopping import Mode, resolve_mode  # the one higher-is-better rule (imports TF)
-
-    metric = metric or EXPERIMENT_METRICS.get(str(experiment))
-    if not metric:
-        raise ConfigError(
-            f"hydra.sweeper.metric: experiment '{experiment}' has no known main metric; set hydra.sweeper.metric=NAME"
-        )
     if direction is None:
-        direction = "maximize" if resolve_mode(metric, Mode.auto) is Mode.max else "minimize"
+        direction = "maximize" if higher_is_better(metric, declared) else "minimize"
     if direction not in ("maximize", "minimize"):
         raise ConfigError(f"hydra.sweeper.direction: must be maximize, minimize or null, got {direction!r}")
     return metric, direction
+
+
+def reported_objective(summaries: Sequence[Any], direction: str | None = None) -> tuple[str, str] | None:
+    """The objective the runs themselves name: the first summary's ``main_metric`` and its
+    recorded direction (``directions``), or None when no summary names one.
+
+    A composition names its main metric (a GAN's ``digit_confidence``) only once its job
+    runs, so a search that was not told its metric learns it from its first trials.
+
+    Example:
+      >>> reported_objective([{"main_metric": "val_loss", "directions": {"val_loss": "min"}}])
+      ('val_loss', 'minimize')
+    """
+    for summary in summaries:
+        if isinstance(summary, Mapping) and summary.get("main_metric"):
+            declared = {name: way == "max" for name, way in (summary.get("directions") or {}).items()}
+            return objective(str(summary["main_metric"]), direction, declared)
+    return None
 
 
 def _finite(value: Any) -> float | None:
@@ -237,6 +248,48 @@ def open_study(
     return study
 
 
+def stored_objective(storage: str, name: str) -> tuple[str, str] | None:
+    """The metric and direction of the study `name` in `storage`; None when there is no such study.
+
+    Raises:
+      ConfigError: the storage cannot be opened, or its study does not say its metric.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=_storage(storage))
+    except KeyError:  # Optuna's "Record does not exist": a new study
+        return None
+    metric = (study.user_attrs.get(SETTINGS_ATTR) or {}).get("metric")
+    if not metric:
+        raise ConfigError(
+            f"hydra.sweeper.metric: the study '{name}' in {storage} does not say what it optimizes; "
+            "set hydra.sweeper.metric=NAME"
+        )
+    return str(metric), study.direction.name.lower()
+
+
+def add_trial(
+    study: Any, params: Mapping[str, Any], fixed: Mapping[str, Any], result: Outcome, intermediate: Mapping[int, float]
+) -> None:
+    """Adds a trial run before `study` existed (one of the first trials, which named its metric)."""
+    import optuna
+
+    states = {"complete": "COMPLETE", "pruned": "PRUNED", "fail": "FAIL"}
+    attributes = {"status": result.status, **({"note": result.note[:500]} if result.note else {})}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState[states[result.state]],
+            value=result.value if result.state == "complete" else None,
+            params=dict(params),
+            distributions={name: fixed[name] for name in params},
+            user_attrs=attributes,
+            intermediate_values=dict(intermediate),
+        )
+    )
+
+
 def settle_stale_trials(study: Any, rows: Sequence[Mapping[str, Any]], metric: str) -> int:
     """Finishes the trials an earlier, killed search left running, from their job directories.
 
@@ -294,7 +347,7 @@ class TrialRef:
     number: int
 
 
-def job_overrides(storage: str, study: str) -> list[str]:
+def job_overrides(storage: str | None, study: str | None) -> list[str]:
     """Hydra overrides that tell every job of a search where its trial is.
 
     They set environment variables through ``hydra.job.env_set``, which Hydra applies
@@ -302,14 +355,23 @@ def job_overrides(storage: str, study: str) -> list[str]:
     (``${hydra.job.num}``, resolved per job), which the sweeper keeps equal to it. Added to
     the master config's Hydra overrides, they reach every job without showing in its
     task overrides (so the sweep summary's columns and a job's own command stay clean).
+    Without a storage (the first trials, before the study exists) only the number is set.
     """
-    values = {ENV_STORAGE: storage, ENV_STUDY: study}
-    return [f"++hydra.job.env_set.{name}={_quoted(value)}" for name, value in values.items()] + [
+    values = {ENV_STORAGE: storage, ENV_STUDY: study} if storage is not None else {}
+    return [f"++hydra.job.env_set.{name}={override_value(value)}" for name, value in values.items()] + [
         f"++hydra.job.env_set.{ENV_TRIAL}='${{hydra.job.num}}'"
     ]
 
 
-def _quoted(text: str) -> str:
+def trial_number(environ: Mapping[str, str] = os.environ) -> int | None:
+    """The number of the search trial this process's job is, or None outside a search."""
+    try:
+        return int(environ[ENV_TRIAL])
+    except (KeyError, ValueError):
+        return None
+
+
+def override_value(text: str) -> str:
     """`text` as a single-quoted Hydra override value (backslashes before a quote doubled)."""
     text = re.sub(r"(\\+)(?='|$)", lambda match: match.group(1) * 2, text)
     return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"

@@ -8,7 +8,7 @@ summary.json, metrics.csv, models, GAN sample grids, the Hydra config). The MLfl
 is kept in the run directory (``mlflow_run.json``), so a resumed run continues the same
 MLflow run and logs only the epochs it has not logged yet. A sweep's parent run is made at
 its start by `SweepTracking` (a Hydra callback); its id reaches jobs in this process and
-in a parallel launcher's workers through an environment variable and the sweep directory.
+in a parallel launcher's workers through an environment variable set for each job.
 
 Tracking never blocks training: every MLflow call goes through `Tracker._call`, which
 gives up after the first failure with one line on stderr, and the run goes on untracked
@@ -33,13 +33,16 @@ from urllib.parse import urlparse
 
 import attrs
 
+from composeloop.config.schema import Config, TrackingBackend, TrackingConfig
 from composeloop.errors import ConfigError
 
 if TYPE_CHECKING:
     from composeloop.engine.events import Handler, RunState
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_URI = attrs.fields(TrackingConfig).uri.default  # a SQLite file in the working directory
 RUN_FILE = "mlflow_run.json"
+PARENT_FILE = "mlflow_parent.json"  # a sweep's parent run, at the sweep root
+ENV_PARENT = "COMPOSELOOP_MLFLOW_PARENT"  # a sweep's parent run id, for its jobs (hydra.job.env_set)
 LOGGED_EPOCH_TAG = "composeloop.logged_epoch"
 # How a run's status reads in MLflow (composeloop's own status is the `status` tag).
 MLFLOW_STATUS = {"interrupted": "KILLED", "failed": "FAILED", "stopped_nonfinite": "FAILED"}
@@ -325,6 +328,56 @@ def start_run(
     temporary.write_text(json.dumps({"uri": uri, "run_id": tracker.run_id}) + "\n")
     os.replace(temporary, run_dir / run_file)  # whole or absent, as every file a run writes
     return tracker
+
+
+def parent_run_id(sweep_dir: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The MLflow run of the sweep this job belongs to: from the environment, else the sweep directory."""
+    if environ.get(ENV_PARENT):
+        return environ[ENV_PARENT]
+    found = read_json(Path(sweep_dir) / PARENT_FILE) if sweep_dir is not None else None
+    return (found or {}).get("run_id")
+
+
+def config_params(config: Config) -> dict[str, str]:
+    """A validated `Config` as MLflow params: dotted keys, a part's own arguments beside its known keys.
+
+    Example:
+      >>> config_params(config)["optimizer.learning_rate"]
+      '0.001'
+    """
+
+    def plain(value: Any) -> Any:
+        if attrs.has(type(value)):
+            fields = {field.name: plain(getattr(value, field.name)) for field in attrs.fields(type(value))}
+            return {**{key: item for key, item in fields.items() if key != "args"}, **(fields.get("args") or {})}
+        return {key: plain(item) for key, item in value.items()} if isinstance(value, Mapping) else value
+
+    return flatten(plain(config))
+
+
+def open_run(config: Config, directory: str | Path) -> Tracker | None:
+    """The MLflow run of the run directory `directory` when ``tracking.backend=mlflow``, else None.
+
+    A resumed run gets the MLflow run it had; a job of a sweep is nested under the sweep's
+    run (`parent_run_id`), a search trial tagged ``optuna.trial``. The store unreachable:
+    one line on stderr and an inactive tracker; the run goes on.
+
+    Example:
+      >>> tracker = open_run(config, run_dir)  # then tracking_handlers(tracker), and end_run at the end
+    """
+    if config.tracking.backend is not TrackingBackend.mlflow:
+        return None
+    from composeloop.app.search import trial_number
+
+    trial = trial_number()
+    return start_run(
+        config.tracking.uri,
+        directory,
+        experiment=config.tracking.experiment or config.experiment,
+        params=config_params(config),
+        tags={"optuna.trial": trial} if trial is not None else None,
+        parent_run_id=parent_run_id(),
+    )
 
 
 def _log_params(client: Any, run_id: str, params: Mapping[str, str], tags: Mapping[str, Any]) -> None:

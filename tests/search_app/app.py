@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 
 from composeloop.app import search, tracking, tracking_sweep
 from composeloop.engine.events import Event, RunState, dispatch
-from composeloop.engine.report import metric_files, write_json_atomically
+from composeloop.engine.report import metric_files
+from composeloop.files import write_json_atomically
 
 
 def accuracy(learning_rate: float, epoch: int, epochs: int) -> float:
@@ -40,7 +41,8 @@ def main(config) -> dict:
         uri, experiment = tracked
         params = tracking.flatten(OmegaConf.to_container(config))
         parent = tracking_sweep.parent_run_id(HydraConfig.get().sweep.dir)
-        tags = {"optuna.trial": trial.number} if trial else {}
+        number = search.trial_number()
+        tags = {"optuna.trial": number} if number is not None else {}
         tracker = tracking.start_run(
             uri, directory, experiment=experiment, params=params, tags=tags, parent_run_id=parent
         )
@@ -59,6 +61,7 @@ def main(config) -> dict:
         "reason": state.reason,
         "epochs": state.epoch,
         "metrics": {"val_accuracy": state.history[-1]["val_accuracy"]},
+        "main_metric": "val_accuracy",
         "wall_s": time.process_time(),
     }
     write_json_atomically(directory / "summary.json", summary)
