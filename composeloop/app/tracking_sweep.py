@@ -70,7 +70,7 @@ class SweepTracking(Callback):
                                  tags={"composeloop.sweeper": sweeper}, run_name=f"sweep {sweep_dir.name}",
                                  run_file=PARENT_FILE)  # fmt: skip
         if self.tracker.active:
-            from omegaconf import open_dict, read_write
+            from omegaconf import OmegaConf, open_dict, read_write
 
             from composeloop.app.search import override_value
 
@@ -78,7 +78,8 @@ class SweepTracking(Callback):
             # process or a launcher's workers alike: through them it gets its parent's id.
             env = f"++hydra.job.env_set.{ENV_PARENT}={override_value(str(self.tracker.run_id))}"
             with read_write(config.hydra.overrides), open_dict(config.hydra.overrides):
-                config.hydra.overrides.hydra = [*config.hydra.overrides.hydra, env]
+                earlier = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)
+                config.hydra.overrides.hydra = [*earlier, env]
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         if self.tracker is not None:

@@ -153,7 +153,8 @@ def run_search(sweeper: Any, arguments: list[str]) -> list[list[JobReturn]]:
 def _add_hydra_overrides(config: Any, overrides: list[str]) -> None:
     with read_write(config.hydra.overrides), open_dict(config.hydra.overrides):
         # Every job composes its config from these Hydra overrides: this is how it finds its trial.
-        config.hydra.overrides.hydra = [*config.hydra.overrides.hydra, *overrides]
+        earlier = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # keep ${hydra.job.num}
+        config.hydra.overrides.hydra = [*earlier, *overrides]
 
 
 def _log_trial(number: int, result: Any, metric: str) -> None:
