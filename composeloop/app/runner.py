@@ -4,8 +4,8 @@ This module owns what every composition shares once its program is compiled: whi
 directories may be used (``resume=auto|never``), restoring the latest checkpoint and the
 history it has seen, the loop services a config switches on (NaN policy, stop signals,
 progress, metric files, tracking, TensorBoard, the composition's own handlers, a search
-trial's pruning, early stopping, checkpoints, curves.png) in the order they must run, and the part of summary.json that
-every run has. It does not build parts (`composeloop.config.build`, the composition) nor
+trial's pruning, early stopping, checkpoints, curves.png) in the order they must run, and
+the part of summary.json that every run has. It does not build parts (`composeloop.config.build`, the composition) nor
 choose what a mode does (`composeloop.app.modes`).
 """
 
