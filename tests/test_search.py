@@ -14,7 +14,7 @@ import optuna
 import pytest
 import yaml
 
-from composeloop.app import search
+from composeloop.app import search, search_job
 from composeloop.engine.events import Event, RunState, dispatch
 
 
@@ -24,8 +24,8 @@ def new_study(tmp_path: Path, pruner: dict | None = None) -> tuple[optuna.Study,
     return study, storage
 
 
-def run_epochs(ref: search.TrialRef, values: list[float]) -> RunState:
-    handlers = search.pruning_handlers(ref)
+def run_epochs(ref: search_job.TrialRef, values: list[float]) -> RunState:
+    handlers = search_job.pruning_handlers(ref)
     state = RunState(program=None, epochs=len(values))
     dispatch(handlers, Event.RUN_BEGIN, state)
     for value in values:
@@ -40,10 +40,10 @@ def run_epochs(ref: search.TrialRef, values: list[float]) -> RunState:
 def test_a_job_reports_each_epoch_and_stops_when_its_trial_is_pruned(tmp_path):
     study, storage = new_study(tmp_path, {"name": "median", "warmup_epochs": 1, "startup_trials": 1})
     good = study.ask()
-    assert run_epochs(search.TrialRef(storage, "s", good.number), [0.5, 0.7, 0.9, 0.95]).status == "running"
+    assert run_epochs(search_job.TrialRef(storage, "s", good.number), [0.5, 0.7, 0.9, 0.95]).status == "running"
     search.tell(study, good, search.outcome({"status": "completed", "metrics": {"val_accuracy": 0.95}}, "val_accuracy"))
     bad = study.ask()
-    state = run_epochs(search.TrialRef(storage, "s", bad.number), [0.1, 0.2, 0.3, 0.4])
+    state = run_epochs(search_job.TrialRef(storage, "s", bad.number), [0.1, 0.2, 0.3, 0.4])
     assert state.status == "pruned" and state.epoch == 2  # epoch 1 is the warm-up; judged at epoch 2
     assert "val_accuracy 0.2 at epoch 2" in state.reason
     assert dict(load_from(storage).trials[1].intermediate_values) == {1: 0.1, 2: 0.2}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from composeloop.app import search
+from composeloop.app import search, search_job
 from composeloop.app.search_space import check_search_space, parse, search_space
 from composeloop.errors import ConfigError
 
@@ -147,10 +147,10 @@ def test_the_trial_reference_survives_hydra_quoting():
     from omegaconf import OmegaConf
 
     storage = "sqlite:////tmp/it's a dir\\x/optuna.db"
-    parsed = OverridesParser.create().parse_overrides(search.job_overrides(storage, "study ${x}"))
+    parsed = OverridesParser.create().parse_overrides(search_job.job_overrides(storage, "study ${x}"))
     env = OmegaConf.create({o.key_or_group.split(".")[-1]: o.value() for o in parsed} | {"hydra": {"job": {"num": 7}}})
-    found = search.current_trial(
-        {key: str(env[key]) for key in (search.ENV_STORAGE, search.ENV_STUDY, search.ENV_TRIAL)}
+    found = search_job.current_trial(
+        {key: str(env[key]) for key in (search_job.ENV_STORAGE, search_job.ENV_STUDY, search_job.ENV_TRIAL)}
     )
-    assert found == search.TrialRef(storage, "study ${x}", 7)
-    assert search.current_trial({}) is None
+    assert found == search_job.TrialRef(storage, "study ${x}", 7)
+    assert search_job.current_trial({}) is None

@@ -166,7 +166,7 @@ def check(command: CommandLine) -> Plan:
     from the given run directory."""
     from composeloop.app import sweep
     from composeloop.app.run import check_directory
-    from composeloop.app.tracking import check_tracking_uri
+    from composeloop.app.tracking_store import check_tracking_uri
 
     planned = plan(command)
     for uri in dict.fromkeys(c.tracking.uri for c in planned.configs if c.tracking.backend is TrackingBackend.mlflow):

@@ -108,7 +108,7 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
     multi-worker run's non-chief workers (a scratch directory). A stop signal, early
     stopping or the NaN policy may end the run early: see `state.status`.
     """
-    from composeloop.app import search, tracking
+    from composeloop.app import search_job, tracking
     from composeloop.engine import checkpoint, curves, events, progress, report, stopping, tensorboard
     from composeloop.engine.loop import run_loop
 
@@ -138,9 +138,9 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
         every = config.report.tensorboard_every_steps
         handlers += tensorboard.tensorboard(directory / "tensorboard", every, training.images)
     handlers += list(training.handlers)
-    trial = search.current_trial()  # a job of a search: report each epoch, stop when pruned
+    trial = search_job.current_trial()  # a job of a search: report each epoch, stop when pruned
     if trial is not None:
-        handlers += search.pruning_handlers(trial)
+        handlers += search_job.pruning_handlers(trial)
     stop = config.early_stopping
     if stop.patience is not None:
         handlers += stopping.early_stopping(

@@ -1,40 +1,30 @@
-"""Search with Optuna: the study, the objective, a trial's outcome, and pruning inside a job.
+"""Search with Optuna: the objective, the persistent study, and how a trial ended.
 
 This module owns composeloop's side of a search (the Hydra sweeper that drives it lives in
-``hydra_plugins/composeloop_optuna``): which metric a trial is judged by and in which
-direction (``hydra.sweeper.metric``, else the config's ``main_metric``, else the main metric
-the first trials' summaries name; the one higher-is-better rule), the persistent
-study (SQLite ``optuna.db`` in the sweep directory, so a rerun continues it), how a job's
-summary becomes a trial's state (``complete``, ``pruned``, ``fail``), the trials a killed
-search left running, and the job side of pruning: a job finds its trial through
-environment variables the sweeper sets for it (Hydra's ``hydra.job.env_set``, which
-reaches jobs in this process and in a parallel launcher's workers alike), reports each
-epoch's validation metric to it, and stops with status ``pruned`` when Optuna says so.
-Optuna is imported only when a search runs (the ``composeloop[search]`` extra).
+``hydra_plugins/composeloop_optuna``; a trial's side inside its job is
+`composeloop.app.search_job`'s): which metric a trial is judged by and in which direction
+(``hydra.sweeper.metric``, else the config's ``main_metric``, else the main metric the
+first trials' summaries name; the one higher-is-better rule), the persistent study
+(SQLite ``optuna.db`` in the sweep directory, so a rerun continues it), how a job's
+summary becomes a trial's state (``complete``, ``pruned``, ``fail``), and the trials a
+killed search left running. Optuna is imported only when a search runs (the
+``composeloop[search]`` extra).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from composeloop.errors import ConfigError
 from composeloop.vocabulary import higher_is_better
 
-if TYPE_CHECKING:  # the engine imports TensorFlow: the sweeper's process does without it
-    from composeloop.engine.events import Handler, RunState
-
 STUDY_FILE = "optuna.db"
 DEFAULT_STUDY = "composeloop"
-ENV_STORAGE = "COMPOSELOOP_OPTUNA_STORAGE"
-ENV_STUDY = "COMPOSELOOP_OPTUNA_STUDY"
-ENV_TRIAL = "COMPOSELOOP_OPTUNA_TRIAL"
 SETTINGS_ATTR = "composeloop"  # the study's user attribute holding its metric and pruner
 COMPLETED = ("completed", "stopped_early")  # summary statuses whose metric is the trial's value
 PRUNED = "pruned"
@@ -86,7 +76,8 @@ def reported_objective(summaries: Sequence[Any], direction: str | None = None) -
     return None
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """`value` as a finite float, else None (bools, text, NaN and inf included)."""
     if isinstance(value, bool):
         return None
     try:
@@ -129,7 +120,7 @@ def outcome(summary: Any, metric: str) -> Outcome:
         return Outcome("fail", status=status, note=str(summary.get("error") or summary.get("reason") or status))
     metrics = summary.get("metrics") or {}
     raw = metrics.get(metric, summary.get(metric))
-    value = _finite(raw)
+    value = finite(raw)
     if value is None:
         found = ", ".join(name for name in metrics if name not in ("epoch", "seconds"))
         why = f"{metric} is {raw}" if raw is not None else f"no {metric} in the summary (found: {found})"
@@ -165,7 +156,7 @@ def storage_url(sweep_dir: str | Path, storage: str | None = None) -> str:
     return storage or f"sqlite:///{Path(sweep_dir).resolve() / STUDY_FILE}"
 
 
-def _storage(url: str) -> Any:
+def open_storage(url: str) -> Any:
     import optuna
 
     # Jobs in other processes write to the same SQLite file: wait for its lock, do not fail.
@@ -229,7 +220,7 @@ def open_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = {"metric": metric, "pruner": dict(pruner or {"name": "none"})}
     study = optuna.create_study(
-        storage=_storage(storage),
+        storage=open_storage(storage),
         study_name=name,
         direction=direction,
         sampler=sampler,
@@ -258,7 +249,7 @@ def stored_objective(storage: str, name: str) -> tuple[str, str] | None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=name, storage=_storage(storage))
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:  # Optuna's "Record does not exist": a new study
         return None
     metric = (study.user_attrs.get(SETTINGS_ATTR) or {}).get("metric")
@@ -333,117 +324,3 @@ def tell(study: Any, trial: Any, result: Outcome) -> None:
         "fail": optuna.trial.TrialState.FAIL,
     }[result.state]
     study.tell(trial, result.value if result.state == "complete" else None, state=state, skip_if_finished=True)
-
-
-# ---------------------------------------------------------------------------- inside a job
-
-
-@attrs.frozen
-class TrialRef:
-    """Where a job's trial lives: the study's storage URL, its name, and the trial's number."""
-
-    storage: str
-    study: str
-    number: int
-
-
-def job_overrides(storage: str | None, study: str | None) -> list[str]:
-    """Hydra overrides that tell every job of a search where its trial is.
-
-    They set environment variables through ``hydra.job.env_set``, which Hydra applies
-    around each job in whatever process runs it; the trial number is the job's number
-    (``${hydra.job.num}``, resolved per job), which the sweeper keeps equal to it. Added to
-    the master config's Hydra overrides, they reach every job without showing in its
-    task overrides (so the sweep summary's columns and a job's own command stay clean).
-    Without a storage (the first trials, before the study exists) only the number is set.
-    """
-    values = {ENV_STORAGE: storage, ENV_STUDY: study} if storage is not None else {}
-    return [f"++hydra.job.env_set.{name}={override_value(value)}" for name, value in values.items()] + [
-        f"++hydra.job.env_set.{ENV_TRIAL}='${{hydra.job.num}}'"
-    ]
-
-
-def trial_number(environ: Mapping[str, str] = os.environ) -> int | None:
-    """The number of the search trial this process's job is, or None outside a search."""
-    try:
-        return int(environ[ENV_TRIAL])
-    except (KeyError, ValueError):
-        return None
-
-
-def override_value(text: str) -> str:
-    """`text` as a single-quoted Hydra override value (backslashes before a quote doubled)."""
-    text = re.sub(r"(\\+)(?='|$)", lambda match: match.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
-
-
-def current_trial(environ: Mapping[str, str] = os.environ) -> TrialRef | None:
-    """The trial this process's job belongs to, or None outside a search.
-
-    Example:
-      >>> trial = current_trial()
-      >>> handlers += pruning_handlers(trial) if trial else []
-    """
-    try:
-        return TrialRef(environ[ENV_STORAGE], environ[ENV_STUDY], int(environ[ENV_TRIAL]))
-    except (KeyError, ValueError):
-        return None
-
-
-def open_trial(ref: TrialRef) -> tuple[Any, str]:
-    """The job's Optuna trial (with the study's pruner) and the metric it reports."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(
-        study_name=ref.study, storage=_storage(ref.storage), sampler=optuna.samplers.RandomSampler()
-    )
-    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
-    study.pruner = make_pruner(**(settings.get("pruner") or {"name": "none"}))
-    found = [trial for trial in study.get_trials(deepcopy=False) if trial.number == ref.number]
-    if not found:
-        raise ConfigError(f"{ENV_TRIAL}: the study '{ref.study}' in {ref.storage} has no trial {ref.number}")
-    # Optuna's own way to reopen a stored trial in another process: Trial(study, trial id).
-    return optuna.trial.Trial(study, found[0]._trial_id), str(settings.get("metric", ""))
-
-
-def pruning_handlers(ref: TrialRef) -> list[Handler]:
-    """Loop handlers that report each epoch's metric to the job's trial and stop it when pruned.
-
-    At the end of each epoch the study's metric (e.g. ``val_accuracy``) is reported with
-    the epoch number as its step; when the study's pruner says so, the run stops with
-    status ``pruned`` (before its last epoch only: a run that trained every epoch is
-    complete). Its checkpoint and summary are written as for any stop.
-
-    Args:
-      ref: the job's trial, from `current_trial`.
-
-    Returns:
-      Handlers for `composeloop.engine.loop.run_loop`: one at run begin (opens the
-      trial), one at each epoch's end.
-
-    Example:
-      >>> trial = current_trial()
-      >>> state = run_loop(program, data, epochs=10, handlers=[*pruning_handlers(trial), *handlers])
-      >>> state.status  # "pruned" when Optuna stopped it
-    """
-    from composeloop.engine.events import on_epoch_end, on_run_begin
-
-    opened: dict[str, Any] = {}
-
-    def open_(state: RunState) -> None:
-        opened["trial"], opened["metric"] = open_trial(ref)
-
-    def report(state: RunState) -> None:
-        trial, metric = opened["trial"], opened["metric"]
-        value = _finite(state.logs.get(metric))
-        if value is None:
-            return  # not logged per epoch (a GAN's score) or not finite: nothing to judge by
-        trial.report(value, step=state.epoch)
-        if state.epoch < state.epochs and trial.should_prune():
-            state.stop(
-                PRUNED,
-                f"{metric} {value:.4g} at epoch {state.epoch}: worse than the other trials there (Optuna pruner)",
-            )
-
-    return [on_run_begin(open_), on_epoch_end(report)]

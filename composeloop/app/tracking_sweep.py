@@ -72,7 +72,7 @@ class SweepTracking(Callback):
         if self.tracker.active:
             from omegaconf import OmegaConf, open_dict, read_write
 
-            from composeloop.app.search import override_value
+            from composeloop.app.search_job import override_value
 
             # Each job composes its config from the master config's Hydra overrides, in this
             # process or a launcher's workers alike: through them it gets its parent's id.

@@ -22,7 +22,7 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf, open_dict, read_write
 
-from composeloop.app import search, search_report
+from composeloop.app import search, search_job, search_report
 from composeloop.app.search_space import check_search_space, parse
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,12 @@ def _returned(ret: JobReturn) -> Any:
 
 def _intermediate(ret: JobReturn, metric: str) -> dict[int, float]:
     """The job's per-epoch values of `metric`, from its metrics.jsonl."""
-    from composeloop.app.search import _finite
+    from composeloop.app.search import finite
     from composeloop.files import read_jsonl
 
     directory = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None) if ret.hydra_cfg else None
     lines = read_jsonl(Path(str(directory)) / "metrics.jsonl") if directory else []
-    found = ((line.get("epoch"), _finite(line.get(metric))) for line in lines)
+    found = ((line.get("epoch"), finite(line.get(metric))) for line in lines)
     return {int(epoch): value for epoch, value in found if epoch is not None and value is not None}
 
 
@@ -80,7 +80,7 @@ def _first_trials(sweeper: Any, space: Any, fixed: dict[str, Any], count: int, s
 
     probe = optuna.create_study(sampler=search.make_sampler(sweeper.settings["sampler"], seed))
     trials = [probe.ask(fixed_distributions=fixed) for _ in range(count)]
-    _add_hydra_overrides(sweeper.config, search.job_overrides(None, None))  # their number, for tracking
+    _add_hydra_overrides(sweeper.config, search_job.job_overrides(None, None))  # their number, for tracking
     results = _launch(sweeper, trials, [space.overrides(trial.params) for trial in trials])
     target = search.reported_objective([_returned(ret) for ret in results], direction)
     if target is None:
@@ -129,7 +129,7 @@ def run_search(sweeper: Any, arguments: list[str]) -> list[list[JobReturn]]:
         + (f" ({settled} left running by a stopped search, now settled)" if settled else "")
         + f"; {direction} {metric}; pruner {settings['pruner']}"
     )
-    _add_hydra_overrides(config, search.job_overrides(storage, study.study_name))
+    _add_hydra_overrides(config, search_job.job_overrides(storage, study.study_name))
     while left > 0:
         trials = [study.ask(fixed_distributions=fixed) for _ in range(min(batch_size, left))]
         batch = [space.overrides(trial.params) for trial in trials]
