@@ -90,8 +90,10 @@ def test_a_bad_search_stops_before_any_trial(tmp_path, args, expected):
 
 @pytest.mark.slow
 def test_a_named_search_is_checked_as_one(tmp_path):
-    result = cli("+sweep=lr_search", "hydra.sweeper.n_trials=0", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
-    assert_one_line_error(result, "hydra.sweeper.n_trials: must be >= 1, got 0")
+    # conf/sweep/lr_search.yaml's space is parsed and checked with the command line's, which replaces its clip.
+    sweep = f"hydra.sweep.dir={tmp_path / 's'}"
+    result = cli("+sweep=lr_search", "gradient.clip_global_norm=choice(0.5,abc)", sweep, cwd=tmp_path)
+    assert_one_line_error(result, "gradient.clip_global_norm: choice 'abc': expected float")
 
 
 @pytest.mark.slow
