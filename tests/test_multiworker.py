@@ -108,19 +108,17 @@ def test_one_worker_failing_stops_the_others(monkeypatch, capsys):
 
     waiting = [sys.executable, "-c", "import time; print('waiting', flush=True); time.sleep(120)"]
     failing = [sys.executable, "-c", "import sys, time; time.sleep(1); sys.exit(3)"]
-    monkeypatch.setattr(launcher, "worker_commands", lambda args, workers, scratch: [waiting, failing])
+    monkeypatch.setattr(launcher, "worker_commands", lambda args, workers: [waiting, failing])
     started = time.monotonic()
     assert launcher.launch([], workers=2) == 3
     assert time.monotonic() - started < 60
     assert "[worker 0] waiting" in capsys.readouterr().out
 
 
-def test_chief_writes_the_run_directory_and_others_a_scratch_one(tmp_path):
-    commands = worker_commands(["strategy=multi_worker", "hydra.run.dir=out"], 3, str(tmp_path))
-    assert commands[0][-1] == "hydra.run.dir=out"
-    assert [c[-2:] for c in commands[1:]] == [
-        [f"hydra.run.dir={tmp_path / f'worker-{i}'}", "hydra.output_subdir=null"] for i in (1, 2)
-    ]
+def test_workers_share_the_run_directory_and_only_the_chief_records_the_config():
+    commands = worker_commands(["hydra.run.dir=elsewhere", "strategy=multi_worker", "hydra.run.dir=out"], 3)
+    assert commands[0][-2:] == ["strategy=multi_worker", "hydra.run.dir=out"]
+    assert [c[-2:] for c in commands[1:]] == [["hydra.run.dir=out", "hydra.output_subdir=null"]] * 2
 
 
 def test_bad_launcher_arguments_are_one_line(tmp_path):

@@ -133,11 +133,12 @@ def build_strategy(config: StrategyConfig) -> Any:
 
 
 def check_cluster(config: StrategyConfig) -> None:
-    """For strategy=multi_worker: checks TF_CONFIG before TensorFlow loads (ConfigError naming the key)."""
+    """For strategy=multi_worker: checks TF_CONFIG or srun's SLURM environment before TensorFlow
+    loads (ConfigError naming the variable)."""
     if config.name is StrategyName.multi_worker:
-        from composeloop.cluster import require_task
+        from composeloop.cluster import resolve
 
-        require_task()
+        resolve()
 
 
 def set_precision(precision: Precision) -> None:
