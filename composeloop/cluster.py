@@ -188,17 +188,20 @@ def expand_hostlist(text: str) -> tuple[str, ...]:
       ('gpu01', 'gpu02', 'gpu7', 'login')
     """
     hosts: list[str] = []
-    for prefix, ranges, suffix in re.findall(r"([^,\[]+)(?:\[([^\]]+)\])?([^,\[]*),?", text):
-        if not ranges:
-            hosts.append(prefix + suffix)
+    for part in re.split(r",(?![^\[]*\])", text):  # commas outside brackets
+        match = re.fullmatch(r"([^\[\],]+)(?:\[([\d,-]+)\]([^\[\],]*))?", part)
+        if match is None:
+            raise ValueError(f"bad host {part!r}")
+        prefix, ranges, suffix = match.groups()
+        if ranges is None:
+            hosts.append(prefix)
             continue
-        for part in ranges.split(","):
-            low, _, high = part.partition("-")
-            if not low.isdigit() or (high and not high.isdigit()):
-                raise ValueError(f"bad range {part!r}")
-            hosts += [f"{prefix}{str(n).zfill(len(low))}{suffix}" for n in range(int(low), int(high or low) + 1)]
-    if not hosts or ",".join(hosts).count("[") or ",".join(hosts).count("]"):
-        raise ValueError("not a host list")
+        for piece in ranges.split(","):
+            bounds = re.fullmatch(r"(\d+)(?:-(\d+))?", piece)
+            if bounds is None:
+                raise ValueError(f"bad range {piece!r}")
+            low, high = bounds.group(1), bounds.group(2) or bounds.group(1)
+            hosts += [f"{prefix}{str(n).zfill(len(low))}{suffix}" for n in range(int(low), int(high) + 1)]
     return tuple(hosts)
 
 

@@ -186,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--workers must be >= 1, got {options.workers}")
     args = options.args[1:] if options.args[:1] == ["--"] else options.args
     status = launch(args, options.workers)
-    if status:
+    if status in STOPPED:
+        name = signal.Signals(status - 128).name
+        print(f"composeloop.launch: the workers stopped together on {name} (exit {status})", file=sys.stderr)
+    elif status:
         print(f"composeloop.launch: a worker failed (exit {status}); stopped the others", file=sys.stderr)
     sys.exit(status)
 

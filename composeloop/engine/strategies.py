@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ from composeloop.errors import ClusterError, ConfigError
 
 KINDS = ("default", "one_device", "mirrored", "multi_worker")
 CONNECT_TIMEOUT_S = 300.0  # how long the workers wait for each other to start
+EXIT_BARRIER_MS = 30_000  # how long a finished worker waits for the others at exit
 _made: dict[tuple, Placed] = {}
 
 
@@ -189,6 +192,24 @@ def _unreachable(error: Exception, task: cluster.Task, connect_timeout_s: float)
     )
 
 
+def _leave_together() -> None:
+    """At exit, waits for the other workers, then stops writing to stderr.
+
+    Every worker but the last to leave would otherwise log, from TensorFlow's C++ runtime,
+    that a peer (or the coordination service's leader) stopped answering: true, and no
+    news once every worker has finished. So the workers wait for each other at a barrier
+    and then point file descriptor 2 at /dev/null for the rest of their exit. A failed
+    barrier (a peer died) silences nothing.
+    """
+    try:
+        context.context().wait_at_barrier("composeloop/exit", EXIT_BARRIER_MS)
+    except Exception:  # a peer is gone: what the runtime says next may matter
+        return
+    sys.stderr.flush()
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+
+
 def _multi_worker(kind: cluster.Cluster | str, connect_timeout_s: float) -> Placed:
     membership = cluster.resolve(kind)
     task = membership.task
@@ -207,6 +228,7 @@ def _multi_worker(kind: cluster.Cluster | str, connect_timeout_s: float) -> Plac
         ) from None
     except tf.errors.OpError as error:  # deadline exceeded, unavailable: someone did not come
         raise _unreachable(error, task, connect_timeout_s) from None
+    atexit.register(_leave_together)
     source = f"SLURM job step {membership.step.job_id}.{membership.step.step_id}" if membership.step else "TF_CONFIG"
     return Placed(
         strategy,
