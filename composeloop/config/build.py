@@ -133,12 +133,15 @@ def build_strategy(config: StrategyConfig) -> Any:
 
 
 def check_cluster(config: StrategyConfig) -> None:
-    """For strategy=multi_worker: checks TF_CONFIG or srun's SLURM environment before TensorFlow
-    loads (ConfigError naming the variable)."""
+    """For strategy=multi_worker: checks the cluster environment there is (TF_CONFIG, or srun's
+    SLURM variables) before TensorFlow loads, a ConfigError naming the variable. None at all
+    is not an error here: a sweep may submit its jobs to a scheduler from a shell outside any
+    cluster; the worker that finds none says so when it makes its strategy."""
     if config.name is StrategyName.multi_worker:
-        from composeloop.cluster import resolve
+        from composeloop.cluster import current_task, in_slurm_step, resolve
 
-        resolve()
+        if in_slurm_step() or current_task() is not None:
+            resolve()
 
 
 def set_precision(precision: Precision) -> None:
