@@ -69,10 +69,11 @@ def test_multi_gpu_on_cpu_runs_two_logical_devices(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_two_workers_on_loopback_end_with_the_one_process_weights(tmp_path, reference):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_on_loopback_end_with_the_one_process_weights(tmp_path, reference, workers):
     directory = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "composeloop.launch", "--workers", "2", "--", "+experiment=multi_gpu"]
+        [sys.executable, "-m", "composeloop.launch", "--workers", str(workers), "--", "+experiment=multi_gpu"]
         + ["strategy=multi_worker", *RUN, f"hydra.run.dir={directory}"],
         cwd=tmp_path,
         env={key: value for key, value in os.environ.items() if key not in ("TF_CONFIG", "HYDRA_FULL_ERROR")},
@@ -81,9 +82,10 @@ def test_two_workers_on_loopback_end_with_the_one_process_weights(tmp_path, refe
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for index in (0, 1):
-        assert f"[worker {index}] composeloop: MultiWorkerMirroredStrategy: worker {index} of 2" in result.stdout
-    assert summary(directory)["replicas"] == 2
+    for index in range(workers):
+        note = f"composeloop: MultiWorkerMirroredStrategy: worker {index} of {workers}"
+        assert f"[worker {index}] {note}" in result.stdout
+    assert summary(directory)["replicas"] == workers
     assert_same_weights(directory, reference)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # the other worker wrote nothing here
 

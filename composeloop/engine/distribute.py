@@ -56,9 +56,13 @@ def _apply_once(apply: Callable, update: Gradients, variables: Sequence[tf.Varia
 
 
 def replication_for(strategy: tf.distribute.Strategy) -> Replication:
-    """The replication hooks for a strategy; the local one for a single replica."""
+    """The replication hooks for a strategy; the local one for a single replica on one machine.
+
+    A multi-worker strategy with one replica (one worker) still applies through a merge
+    call: its Keras optimizers would otherwise call one inside the compiled step.
+    """
     replicas = strategy.num_replicas_in_sync
-    if replicas == 1:
+    if replicas == 1 and getattr(strategy, "cluster_resolver", None) is None:
         return LOCAL
     return Replication(num_replicas=replicas, sum=_all_reduce_sum, apply=_apply_once)
 
