@@ -17,7 +17,7 @@ import time
 import pytest
 from test_cli import assert_one_line_error, cli
 
-from composeloop import cluster
+from composeloop import cluster, slurm
 from composeloop.errors import ConfigError
 
 TWO_ON_ONE = {
@@ -42,30 +42,30 @@ TF_CONFIG = json.dumps({"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": 
 
 
 def test_hostlists_and_task_counts_expand_in_slurm_order():
-    assert cluster.expand_hostlist("gpu[09-11,20],login1") == ("gpu09", "gpu10", "gpu11", "gpu20", "login1")
-    assert cluster.expand_hostlist("vm") == ("vm",)
-    assert cluster.expand_counts("3(x2),1") == (3, 3, 1)
+    assert slurm.expand_hostlist("gpu[09-11,20],login1") == ("gpu09", "gpu10", "gpu11", "gpu20", "login1")
+    assert slurm.expand_hostlist("vm") == ("vm",)
+    assert slurm.expand_counts("3(x2),1") == (3, 3, 1)
     for bad in ("gpu[1-", "gpu[a-b]", ""):
         with pytest.raises(ValueError):
-            cluster.expand_hostlist(bad)
+            slurm.expand_hostlist(bad)
 
 
 def test_a_step_over_two_nodes_numbers_tasks_node_by_node():
-    step = cluster.slurm_step(FOUR_ON_TWO)
+    step = slurm.slurm_step(FOUR_ON_TWO)
     assert (step.rank, step.node, step.local_rank, step.tasks_here) == (3, "gpu10", 1, 2)
-    task = cluster.slurm_task(step, port_base=20000)
+    task = slurm.slurm_task(step, port_base=20000)
     # Rank order, not sorted host names: rank 2 is the first task of the second node.
     assert task.cluster == {"worker": ("gpu09:20000", "gpu09:20001", "gpu10:20000", "gpu10:20001")}
     assert (task.kind, task.index, task.is_chief) == ("worker", 3, False)
 
 
 def test_every_task_of_a_step_gets_the_same_ports_and_other_steps_others():
-    ports = {cluster.default_port_base(cluster.slurm_step({**TWO_ON_ONE, "SLURM_PROCID": r})) for r in "01"}
+    ports = {slurm.default_port_base(slurm.slurm_step({**TWO_ON_ONE, "SLURM_PROCID": r})) for r in "01"}
     assert len(ports) == 1
     (base,) = ports
-    assert cluster.PORTS_FROM <= base < 32768 - cluster.PORTS_PER_NODE  # below the ephemeral ports
-    later = cluster.slurm_step({**TWO_ON_ONE, "SLURM_STEP_ID": "1"})
-    assert cluster.default_port_base(later) != base
+    assert slurm.PORTS_FROM <= base < 32768 - slurm.PORTS_PER_NODE  # below the ephemeral ports
+    later = slurm.slurm_step({**TWO_ON_ONE, "SLURM_STEP_ID": "1"})
+    assert slurm.default_port_base(later) != base
 
 
 @pytest.mark.parametrize(
@@ -103,19 +103,19 @@ def test_auto_picks_slurm_only_in_a_step_of_several_tasks():
 
 
 def test_gpus_are_shared_out_by_local_rank_or_taken_as_slurm_bound_them():
-    step = cluster.slurm_step(TWO_ON_ONE)  # local rank 1 of 2
+    step = slurm.slurm_step(TWO_ON_ONE)  # local rank 1 of 2
     cpu = {"PATH": ""}  # no nvidia-smi, no CUDA_VISIBLE_DEVICES: a CPU-only node
-    assert cluster.gpu_share(step, environ=cpu) == cluster.GpuShare(0, ())
-    assert cluster.gpu_share(step, gpus_per_node=2, environ=cpu) == cluster.GpuShare(1, (1,))
-    assert cluster.gpu_share(step, gpus_per_node=8, environ=cpu) == cluster.GpuShare(4, (4, 5, 6, 7))
-    assert cluster.gpu_share(step, environ={"CUDA_VISIBLE_DEVICES": "0,1,2,3"}).devices == (2, 3)
+    assert slurm.gpu_share(step, environ=cpu) == slurm.GpuShare(0, ())
+    assert slurm.gpu_share(step, gpus_per_node=2, environ=cpu) == slurm.GpuShare(1, (1,))
+    assert slurm.gpu_share(step, gpus_per_node=8, environ=cpu) == slurm.GpuShare(4, (4, 5, 6, 7))
+    assert slurm.gpu_share(step, environ={"CUDA_VISIBLE_DEVICES": "0,1,2,3"}).devices == (2, 3)
     bound = {"CUDA_VISIBLE_DEVICES": "3", "SLURM_GPUS_PER_TASK": "a100:1"}  # srun --gpus-per-task=1
-    assert cluster.gpu_share(step, environ=bound) == cluster.GpuShare(1, (0,))
-    assert cluster.gpu_share(step, environ={"CUDA_VISIBLE_DEVICES": "NoDevFiles"}).devices == ()
+    assert slurm.gpu_share(step, environ=bound) == slurm.GpuShare(1, (0,))
+    assert slurm.gpu_share(step, environ={"CUDA_VISIBLE_DEVICES": "NoDevFiles"}).devices == ()
     with pytest.raises(ConfigError, match="^SLURM: 1 GPU"):
-        cluster.gpu_share(step, gpus_per_node=1, environ=cpu)
+        slurm.gpu_share(step, gpus_per_node=1, environ=cpu)
     with pytest.raises(ConfigError, match="^SLURM: 2 tasks x 2 GPU"):
-        cluster.gpu_share(step, gpus_per_node=3, gpus_per_task=2, environ=cpu)
+        slurm.gpu_share(step, gpus_per_node=3, gpus_per_task=2, environ=cpu)
 
 
 @pytest.fixture
@@ -123,7 +123,9 @@ def in_step(monkeypatch):
     """TWO_ON_ONE as this process's environment (TensorFlow's resolver reads os.environ)."""
     for key, value in TWO_ON_ONE.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # TensorFlow's resolver sets CUDA_VISIBLE_DEVICES itself: set first, so that it is undone after.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     return cluster.resolve("slurm")
 
 
@@ -132,10 +134,10 @@ def test_gpu_arithmetic_matches_tensorflows_slurm_resolver(in_step, monkeypatch)
 
     from composeloop.engine.strategies import SlurmResolver
 
-    base = cluster.default_port_base(in_step.step)
+    base = slurm.default_port_base(in_step.step)
     theirs = tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=base, gpus_per_node=2)
     spec = theirs.cluster_spec()  # sets CUDA_VISIBLE_DEVICES to this task's share
-    share = cluster.gpu_share(in_step.step, gpus_per_node=2)
+    share = slurm.gpu_share(in_step.step, gpus_per_node=2)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, share.devices)) == "1"
     ours = SlurmResolver(in_step, share)
     assert ours.cluster_spec().as_dict() == spec.as_dict() == {"worker": [f"vm:{base}", f"vm:{base + 1}"]}
@@ -153,7 +155,7 @@ def test_a_cpu_only_node_fails_tensorflows_resolver_but_not_ours(in_step, monkey
         tf.distribute.cluster_resolver.SlurmClusterResolver()
     with pytest.raises(ValueError, match="must not be zero"):
         tf.distribute.cluster_resolver.SlurmClusterResolver(gpus_per_node=0).cluster_spec()
-    ours = SlurmResolver(in_step, cluster.gpu_share(in_step.step))
+    ours = SlurmResolver(in_step, slurm.gpu_share(in_step.step))
     assert ours.num_accelerators() == {"GPU": 0}
     assert ours.cluster_spec().as_dict() == {"worker": list(in_step.task.cluster["worker"])}
     assert ours.master() == f"grpc://{in_step.task.cluster['worker'][1]}"

@@ -138,9 +138,9 @@ def check_cluster(config: StrategyConfig) -> None:
     is not an error here: a sweep may submit its jobs to a scheduler from a shell outside any
     cluster; the worker that finds none says so when it makes its strategy."""
     if config.name is StrategyName.multi_worker:
-        from composeloop.cluster import current_task, in_slurm_step, resolve
+        from composeloop.cluster import described, resolve
 
-        if in_slurm_step() or current_task() is not None:
+        if described():
             resolve()
 
 

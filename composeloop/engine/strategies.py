@@ -29,7 +29,7 @@ from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import SlurmClusterResolver
 from tensorflow.python.eager import context
 
-from composeloop import cluster
+from composeloop import cluster, slurm
 from composeloop.errors import ClusterError, ConfigError
 
 KINDS = ("default", "one_device", "mirrored", "multi_worker")
@@ -126,7 +126,7 @@ class SlurmResolver(SlurmClusterResolver):
     `get_task_info` are the parent's.
     """
 
-    def __init__(self, membership: cluster.Membership, share: cluster.GpuShare) -> None:
+    def __init__(self, membership: cluster.Membership, share: slurm.GpuShare) -> None:
         step, task = membership.step, membership.task
         assert step is not None, "a SLURM membership has its step"
         self._membership = membership
@@ -147,7 +147,7 @@ class SlurmResolver(SlurmClusterResolver):
         return tf.train.ClusterSpec({job: list(addresses) for job, addresses in self._membership.task.cluster.items()})
 
 
-def _use_gpus(share: cluster.GpuShare) -> None:
+def _use_gpus(share: slurm.GpuShare) -> None:
     gpus = tf.config.list_physical_devices("GPU")
     if share.devices and len(gpus) > len(share.devices):
         tf.config.set_visible_devices([gpus[index] for index in share.devices], "GPU")
@@ -215,7 +215,7 @@ def _multi_worker(kind: cluster.Cluster | str, connect_timeout_s: float) -> Plac
     task = membership.task
     resolver = None
     if membership.source is cluster.Cluster.slurm:
-        share = cluster.gpu_share(membership.step)
+        share = slurm.gpu_share(membership.step)
         _use_gpus(share)
         resolver = SlurmResolver(membership, share)
     try:
