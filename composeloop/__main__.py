@@ -1,6 +1,6 @@
-"""`python -m composeloop`: see `composeloop.cli`."""
+"""`python -m composeloop`: see `composeloop.app.cli`."""
 
-from composeloop.cli import main
+from composeloop.app.cli import main
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,6 @@ create strategies (see `engine.strategies`).
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -21,20 +20,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from composeloop.errors import ConfigError
+from composeloop.vocabulary import Cluster
 
 if TYPE_CHECKING:
     from composeloop.slurm import SlurmStep
 
 JOBS = ("chief", "worker")
-
-
-class Cluster(enum.Enum):
-    """Where a multi-worker run learns its cluster: `auto` picks SLURM inside a SLURM job
-    step with more than one task, else TF_CONFIG."""
-
-    auto = "auto"
-    tf_config = "tf_config"
-    slurm = "slurm"
 
 
 @attrs.frozen

@@ -196,13 +196,11 @@ def test_wrong_type_line_has_no_unformatted_template(tmp_path):
 
 
 def test_npz_without_path_fails_in_preflight():
-    from composeloop.cli import preflight
-    from composeloop.config.store import register
+    from composeloop.app import load_config
     from composeloop.errors import ComposeloopError
 
-    register()
     with pytest.raises(ComposeloopError, match="data.path"):
-        preflight(["data=npz"])
+        load_config(["data=npz"])
 
 
 @pytest.mark.slow

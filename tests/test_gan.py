@@ -197,8 +197,8 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("gan.latent_dim=0", "gan.latent_dim: must be > 0, got 0"),
-        ("gan.n_critic=0", "gan.n_critic: must be >= 1, got 0"),
+        ("gan.latent_dim=0", "gan.latent_dim: must be an integer in [1, 1000000], got 0"),
+        ("gan.n_critic=0", "gan.n_critic: must be an integer in [1, 1000], got 0"),
         ("gan.loss=nope", "non_saturating"),
     ],
 )

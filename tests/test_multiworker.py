@@ -42,15 +42,9 @@ def summary(directory: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> list[np.ndarray]:
     """The one-device run, in this process (the same code the CLI runs, without its start-up)."""
-    from hydra import compose, initialize_config_dir
+    from composeloop.app import load_config, run
 
-    from composeloop.cli import config_dir
-    from composeloop.config.experiments import run
-    from composeloop.config.store import register, to_config
-
-    register()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        config = to_config(compose(config_name="config", overrides=list(RUN)))
+    config = load_config(list(RUN))
     directory = tmp_path_factory.mktemp("one")
     assert run(config, directory)["replicas"] == 1
     return final_weights(directory)

@@ -28,17 +28,10 @@ RUN = ("data=synthetic", "data.synthetic_examples=600", "data.batch_size=9", "tr
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> list:
     """The one-device run on the same global batches, in this process."""
-    from hydra import compose, initialize_config_dir
+    from composeloop.app import load_config, run
 
-    from composeloop.cli import config_dir
-    from composeloop.config.experiments import run
-    from composeloop.config.store import register, to_config
-
-    register()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        config = to_config(compose(config_name="config", overrides=list(RUN)))
     directory = tmp_path_factory.mktemp("one")
-    run(config, directory)
+    run(load_config(list(RUN)), directory)
     return final_weights(directory)
 
 

@@ -31,7 +31,7 @@ BROKEN_JSON = '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": '
 OUT_OF_RANGE = '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}'
 
 BAD_INPUT = [
-    pytest.param(["train.accumulate=0"], None, ["train.accumulate", ">= 1"], id="accumulate-0"),
+    pytest.param(["train.accumulate=0"], None, ["train.accumulate", "an integer in [1, "], id="accumulate-0"),
     pytest.param(["train.precision=float8"], None, ["train.precision"], id="unknown-precision"),
     pytest.param(["strategy=nope"], None, ["strategy/nope"], id="unknown-strategy"),
     pytest.param(["strategy=mirrored", "strategy.logical_cpus=0"], None, ["strategy.logical_cpus"], id="no-cpus"),

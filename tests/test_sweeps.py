@@ -21,7 +21,7 @@ import pytest
 import yaml
 from test_cli import assert_one_line_error, cli
 
-from composeloop.config import sweep
+from composeloop.app import sweep, sweep_rows
 
 TINY = ("train.epochs=2", "data.synthetic_examples=64", "model.dropout=0.2")  # dropout: seeded noise too
 
@@ -83,16 +83,19 @@ def test_rerunning_a_sweep_resumes_its_jobs(tmp_path):
 
 
 def test_named_sweep_params_and_command_line_make_the_jobs():
-    from hydra import initialize_config_dir
-
-    from composeloop.cli import _job_overrides, config_dir
+    from composeloop.app import preflight
+    from composeloop.app.cli import config_dir
     from composeloop.config.store import register
 
     register()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        named, named_dir = _job_overrides(["+experiment=classifier", "+sweep=lr_clip", "hydra.sweep.dir=here"])
-        one_seed, _ = _job_overrides(["-m", "+sweep=lr_clip", "seed=0", "train.epochs=1,2"])
-        single, single_dir = _job_overrides(["seed=3"])
+
+    def jobs(argv):
+        planned = preflight.plan(preflight.parse(argv, config_dir(), "config", calling_file=preflight.__file__))
+        return planned.jobs, planned.sweep_dir
+
+    named, named_dir = jobs(["+experiment=classifier", "+sweep=lr_clip", "hydra.sweep.dir=here"])
+    one_seed, _ = jobs(["-m", "+sweep=lr_clip", "seed=0", "train.epochs=1,2"])
+    single, single_dir = jobs(["seed=3"])
     assert len(named) == 4 * 2 * 3
     assert len({tuple(job) for job in named}) == len(named)
     assert named[0][:3] == ["optimizer.learning_rate=0.001", "gradient.clip_global_norm=null", "seed=0"]
@@ -177,7 +180,7 @@ def test_failed_and_unwritten_jobs_are_rows_with_their_error(written_sweep):
 
 def test_after_an_interrupt_a_job_without_summary_is_interrupted(written_sweep):
     root, _ = written_sweep
-    row = sweep.read_sweep(root, missing="interrupted")[4]
+    row = sweep_rows.read_sweep(root, missing="interrupted")[4]
     assert row["job"] == 10 and row["status"] == "interrupted" and row["error"] == ""
     assert row["metrics"]["val_accuracy"] == pytest.approx(0.3)  # its last finished epoch
 
@@ -187,11 +190,11 @@ def test_sweep_png_decodes(written_sweep):
 
 
 def test_main_metric_per_experiment():
-    assert sweep.main_metric({"train_loss": 1, "val_loss": 2, "val_accuracy": 0.5}) == "val_accuracy"
-    assert sweep.main_metric({"d_loss": 1, "g_loss": 2, "digit_confidence": 0.6}) == "digit_confidence"
-    assert sweep.main_metric({"train_loss": 1, "val_loss": 2, "val_auc": 0.5}) == "val_loss"
-    assert sweep.main_metric({"d_loss": 1}) == "d_loss"
-    assert sweep.main_metric({}) is None
+    assert sweep_rows.main_metric({"train_loss": 1, "val_loss": 2, "val_accuracy": 0.5}) == "val_accuracy"
+    assert sweep_rows.main_metric({"d_loss": 1, "g_loss": 2, "digit_confidence": 0.6}) == "digit_confidence"
+    assert sweep_rows.main_metric({"train_loss": 1, "val_loss": 2, "val_auc": 0.5}) == "val_loss"
+    assert sweep_rows.main_metric({"d_loss": 1}) == "d_loss"
+    assert sweep_rows.main_metric({}) is None
 
 
 def test_a_gan_sweep_is_judged_by_its_quality_score(tmp_path):
@@ -214,7 +217,7 @@ def test_jobs_without_hydra_files_are_still_rows(tmp_path):
     for job in ("0", "1"):
         for name in ("overrides.yaml", "hydra.yaml"):
             (tmp_path / job / ".hydra" / name).unlink()
-    rows = sweep.read_sweep(tmp_path)
+    rows = sweep_rows.read_sweep(tmp_path)
     found = [(row["job"], row["overrides"], row["metrics"]["val_accuracy"]) for row in rows]
     assert found == [(0, [], 0.6), (1, [], 0.8)]
 

@@ -1,27 +1,43 @@
 """The typed configuration: attrs schemas Hydra composes YAML and overrides onto.
 
 This module owns the keys, their types, defaults and valid ranges. Each validator sits
-beside the field it guards. Hydra/OmegaConf check types at composition; `to_config` turns
-the composed tree into these instances and runs the validators, reporting the FULL key
-(``optimizer.learning_rate``) of the first invalid value.
+beside the field it guards, and every number is bounded to what its use can hold (an
+integer TensorFlow keeps in int32 or int64, a rate that must be finite). Hydra/OmegaConf
+check types at composition; `composeloop.config.store.to_config` turns the composed tree
+into these instances and runs the validators, naming the FULL key of the first invalid
+value (``optimizer.learning_rate``).
+
+Sections whose part a user may replace (`data`, `model`, `optimizer`, `step`) are open
+dicts to Hydra, so a YAML of yours may put any key in them (and the command line with
+``++model.blocks=3``), with ``_target_``: an import path, Hydra-style. `to_config` reads
+such a section into its attrs class: the keys the class knows are typed and validated as
+any other, the others are the target's own arguments (``args``), refused when there is no
+target to take them.
 
 Known traps with hydra-core 1.3 / omegaconf 2.3, respected here: no ``attrs.field(factory=
-...)``, no ``@attrs.frozen`` (it rejects CLI overrides), ``Enum`` rather than ``Literal``.
+...)``, no ``@attrs.frozen`` (it rejects CLI overrides), ``Enum`` rather than ``Literal``,
+and ``_target_`` needs ``alias="_target_"`` (attrs strips a leading underscore otherwise).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
-from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
+from typing import Any, Dict, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
 
 import attrs
 
 from composeloop.errors import ConfigError
+from composeloop.vocabulary import Direction, GanLoss, Mode, NanPolicy, Precision, StrategyKind, Weights
+
+INT32_MAX = 2**31 - 1  # counts TensorFlow holds in int32 (and sizes of tensors' dimensions)
+INT64_MAX = 2**63 - 1  # counts TensorFlow holds in int64 (steps)
+SEED_MAX = 2**32 - 1  # NumPy's and Keras's seeds are 32-bit
 
 
 class InvalidValue(ValueError):
-    """A validator's verdict on one field; `to_config` adds the path to the key."""
+    """A validator's verdict on one field; `validate` adds the path to the key."""
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
@@ -29,29 +45,58 @@ class InvalidValue(ValueError):
         self.reason = reason
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check(test: Callable[[Any], bool], requirement: str, optional: bool = False) -> Callable:
     def validator(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if optional and value is None:
             return
-        if not test(value):
+        if _number(value) and isinstance(value, float) and not math.isfinite(value):
+            raise InvalidValue(attribute.name, f"must be finite ({requirement}), got {value!r}")
+        if not _number(value) or not test(value):
             raise InvalidValue(attribute.name, f"must be {requirement}, got {value!r}")
 
     return validator
 
 
+def count(low: int, high: int = INT32_MAX, optional: bool = False) -> Callable:
+    """An integer in [low, high]: the bound is what its TensorFlow use can hold."""
+    requirement = f"an integer in [{low}, {high}]" if high < INT64_MAX else f"an integer >= {low}"
+    return _check(lambda v: isinstance(v, int) and low <= v <= high, requirement, optional)
+
+
 positive = _check(lambda v: v > 0, "> 0")
 optional_positive = _check(lambda v: v > 0, "> 0", optional=True)
 non_negative = _check(lambda v: v >= 0, ">= 0")
-at_least_one = _check(lambda v: v >= 1, ">= 1")
 unit_interval_open = _check(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
-dropout_rate = _check(lambda v: 0 <= v < 1, "in [0, 1)")
-optional_class_count = _check(lambda v: v >= 2, ">= 2", optional=True)
-_POWER_OF_TWO_TIMES_4 = "4 times a power of two (8, 16, ...)"
-image_size = _check(lambda v: v >= 4 and v % 4 == 0 and (v // 4) & (v // 4 - 1) == 0, _POWER_OF_TWO_TIMES_4)
-optional_image_size = _check(
-    lambda v: v >= 4 and v % 4 == 0 and (v // 4) & (v // 4 - 1) == 0, _POWER_OF_TWO_TIMES_4, optional=True
-)
-example_shape = _check(lambda v: len(v) >= 1 and all(d >= 1 for d in v), "a non-empty list of sizes >= 1")
+optional_unit_interval_open = _check(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)", optional=True)
+fraction = _check(lambda v: 0 <= v < 1, "in [0, 1)")
+optional_fraction = _check(lambda v: 0 <= v < 1, "in [0, 1)", optional=True)
+
+
+def _image_size_ok(v: int) -> bool:
+    return isinstance(v, int) and 4 <= v <= 4096 and v % 4 == 0 and (v // 4) & (v // 4 - 1) == 0
+
+
+_POWER_OF_TWO_TIMES_4 = "4 times a power of two (8, 16, ... 4096)"
+image_size = _check(_image_size_ok, _POWER_OF_TWO_TIMES_4)
+optional_image_size = _check(_image_size_ok, _POWER_OF_TWO_TIMES_4, optional=True)
+
+
+def example_shape(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not value or not all(isinstance(d, int) and 1 <= d <= 65536 for d in value):
+        raise InvalidValue(attribute.name, f"must be a non-empty list of sizes in [1, 65536], got {list(value or [])}")
+
+
+def optional_import_path(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip() or " " in value.strip()):
+        raise InvalidValue(attribute.name, f"must be an import path like my_pkg.module.name, got {value!r}")
+
+
+def _target() -> Any:
+    return attrs.field(default=None, alias="_target_", validator=optional_import_path)
 
 
 class DataSource(enum.Enum):
@@ -76,104 +121,116 @@ class Schedule(enum.Enum):
     cyclic = "cyclic"  # triangular cycles between min_learning_rate and learning_rate
 
 
-# Functional form: "raise" is a keyword, and OmegaConf matches enum members by name.
-NanPolicy = enum.Enum("NanPolicy", {"raise": "raise", "skip": "skip", "stop": "stop"})
-
-
 class Resume(enum.Enum):
     auto = "auto"  # continue from the run directory's latest checkpoint, if any
     never = "never"  # refuse a run directory that already holds a run
 
 
-class MonitorMode(enum.Enum):
-    auto = "auto"
-    min = "min"
-    max = "max"
-
-
-class StrategyName(enum.Enum):
-    default = "default"
-    one_device = "one_device"
-    mirrored = "mirrored"
-    multi_worker = "multi_worker"
-
-
-class Precision(enum.Enum):
-    float32 = "float32"
-    mixed_bfloat16 = "mixed_bfloat16"
-    mixed_float16 = "mixed_float16"
-
-
-class GanLoss(enum.Enum):
-    non_saturating = "non_saturating"
-    minimax = "minimax"
-    least_squares = "least_squares"
-    hinge = "hinge"
-    wasserstein = "wasserstein"
-
-
 @attrs.define
 class DataConfig:
+    """Where examples come from: a built-in `source`, or your function by `_target_`."""
+
+    _target_: Optional[str] = _target()  # noqa: UP045 - OmegaConf reads typing generics
     source: DataSource = DataSource.digits
-    path: Optional[str] = None  # noqa: UP045 - OmegaConf reads typing generics
-    batch_size: int = attrs.field(default=32, validator=positive)
+    path: Optional[str] = None  # noqa: UP045
+    batch_size: int = attrs.field(default=32, validator=count(1))
     val_fraction: float = attrs.field(default=0.2, validator=unit_interval_open)
-    synthetic_examples: int = attrs.field(default=256, validator=positive)
+    synthetic_examples: int = attrs.field(default=256, validator=count(2, 10_000_000))
     synthetic_shape: List[int] = attrs.field(default=[8, 8], validator=example_shape)  # noqa: UP006
-    synthetic_classes: int = attrs.field(default=10, validator=optional_class_count)
+    synthetic_classes: int = attrs.field(default=10, validator=count(2, 1_000_000))
+    args: Dict[str, Any] = {}  # noqa: UP006 - not a key: the section's other keys, the target's arguments
 
 
 @attrs.define
 class ModelConfig:
+    """The model a single-model composition trains: built-in `name`, or yours by `_target_`."""
+
+    _target_: Optional[str] = _target()  # noqa: UP045
     name: ModelName = ModelName.mlp
-    width: int = attrs.field(default=64, validator=positive)
-    depth: int = attrs.field(default=2, validator=at_least_one)
+    width: int = attrs.field(default=64, validator=count(1, 1_000_000))
+    depth: int = attrs.field(default=2, validator=count(1, 1000))
     l2: float = attrs.field(default=0.0, validator=non_negative)
-    dropout: float = attrs.field(default=0.0, validator=dropout_rate)
-    num_classes: Optional[int] = attrs.field(default=None, validator=optional_class_count)  # noqa: UP045
+    dropout: float = attrs.field(default=0.0, validator=fraction)
+    num_classes: Optional[int] = attrs.field(default=None, validator=count(2, 10_000_000, optional=True))  # noqa: UP045
+    args: Dict[str, Any] = {}  # noqa: UP006
 
 
 @attrs.define
 class OptimizerConfig:
+    """One Keras optimizer per variable group, made fresh for each: built-in `name` or any
+    `keras.optimizers` class (or yours) by `_target_`, with a learning-rate schedule.
+
+    `schedule` is a name (constant, cosine, cyclic) or a ``{_target_: ...}`` giving a Keras
+    `LearningRateSchedule` or a function of the update count.
+    """
+
+    _target_: Optional[str] = _target()  # noqa: UP045
     name: OptimizerName = OptimizerName.adam
     learning_rate: float = attrs.field(default=1e-3, validator=positive)
-    momentum: float = attrs.field(default=0.0, validator=dropout_rate)
-    schedule: Schedule = Schedule.constant
-    warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    momentum: Optional[float] = attrs.field(default=None, validator=optional_fraction)  # noqa: UP045 - sgd
+    beta_1: Optional[float] = attrs.field(default=None, validator=optional_fraction)  # noqa: UP045 - adam
+    beta_2: Optional[float] = attrs.field(default=None, validator=optional_unit_interval_open)  # noqa: UP045
+    schedule: Any = "constant"
+    warmup_steps: int = attrs.field(default=0, validator=count(0, INT64_MAX))
     min_learning_rate: float = attrs.field(default=0.0, validator=non_negative)
-    cycle_steps: int = attrs.field(default=2000, validator=_check(lambda v: v >= 2, ">= 2"))
+    cycle_steps: int = attrs.field(default=2000, validator=count(2, INT64_MAX))
+    args: Dict[str, Any] = {}  # noqa: UP006
 
 
 @attrs.define
 class GradientConfig:
-    """Gradient transforms, applied after the all-reduce in this order when set.
+    """Gradient transforms, run after the all-reduce: `skip_nonfinite` (always first), then
+    `transforms` in order, then the clip keys that are set (value, norm, global norm).
 
-    Non-finite gradients are always withheld; `train.nan_policy` says what happens next.
+    `transforms` entries: a built-in name (``clip_by_global_norm``), ``{name: {arg: value}}``,
+    or ``{_target_: my_pkg.transform, arg: value}``.
     """
 
+    transforms: List[Any] = []  # noqa: UP006
     clip_value: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
     clip_norm: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
     clip_global_norm: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
 
 
 @attrs.define
+class StepConfig:
+    """The composition: a step builder by `_target_`; the section's extra keys are its arguments.
+
+    A builder is called with what its parameters name (see `composeloop.app.compositions`).
+    """
+
+    _target_: str = attrs.field(default="composeloop.parts.recipes.classifier_step", alias="_target_")
+    args: Dict[str, Any] = {}  # noqa: UP006
+
+    @_target_.validator
+    def _check_target(self, attribute: attrs.Attribute, value: Any) -> None:
+        optional_import_path(self, attribute, value)
+        if value is None:
+            raise InvalidValue(attribute.name, "a step builder is required (an import path)")
+
+
+@attrs.define
 class TrainConfig:
-    epochs: int = attrs.field(default=10, validator=non_negative)
-    steps_per_execution: int = attrs.field(default=1, validator=at_least_one)
+    epochs: int = attrs.field(default=10, validator=count(0, INT32_MAX))
+    steps_per_execution: int = attrs.field(default=1, validator=count(1, INT32_MAX))
     jit_compile: bool = False
     nan_policy: NanPolicy = NanPolicy["raise"]
-    accumulate: int = attrs.field(default=1, validator=at_least_one)
+    accumulate: int = attrs.field(default=1, validator=count(1, INT32_MAX))
     precision: Precision = Precision.float32
 
 
 @attrs.define
 class CheckpointConfig:
-    """Rolling checkpoints in <run dir>/checkpoints (or `directory`); the best one in best/."""
+    """Rolling checkpoints in <run dir>/checkpoints (or `directory`); the best one in best/.
 
-    every_steps: Optional[int] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
-    every_epochs: int = attrs.field(default=1, validator=at_least_one)
-    keep: int = attrs.field(default=3, validator=at_least_one)
+    `restore` is which one the modes other than train use (``checkpoint=best`` selects it).
+    """
+
+    every_steps: Optional[int] = attrs.field(default=None, validator=count(1, INT64_MAX, optional=True))  # noqa: UP045
+    every_epochs: int = attrs.field(default=1, validator=count(1, INT32_MAX))
+    keep: int = attrs.field(default=3, validator=count(1, 10_000))
     directory: Optional[str] = None  # noqa: UP045
+    restore: Weights = Weights.latest
 
 
 @attrs.define
@@ -181,8 +238,8 @@ class EarlyStoppingConfig:
     """Stop when `monitor` has not improved by `min_delta` for `patience` epochs (null: off)."""
 
     monitor: str = "val_loss"
-    mode: MonitorMode = MonitorMode.auto
-    patience: Optional[int] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    mode: Direction = Direction.auto
+    patience: Optional[int] = attrs.field(default=None, validator=count(1, INT32_MAX, optional=True))  # noqa: UP045
     min_delta: float = attrs.field(default=0.0, validator=non_negative)
     restore_best: bool = True
 
@@ -193,52 +250,82 @@ class ReportConfig:
 
     progress_bar: Optional[bool] = None  # noqa: UP045 - null: a live bar only on a terminal
     tensorboard: bool = True
-    tensorboard_every_steps: Optional[int] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    tensorboard_every_steps: Optional[int] = attrs.field(  # noqa: UP045
+        default=None, validator=count(1, INT64_MAX, optional=True)
+    )
     curves: bool = True
-
 
 
 @attrs.define
 class StrategyConfig:
     """Where a run's replicas live: `name` picks the tf.distribute strategy."""
 
-    name: StrategyName = StrategyName.default
+    name: StrategyKind = StrategyKind.default
     devices: List[str] = []  # noqa: UP006 - one_device/mirrored: exact devices; empty: chosen
-    logical_cpus: int = attrs.field(default=2, validator=at_least_one)
+    logical_cpus: int = attrs.field(default=2, validator=count(1, 256))
 
 
 @attrs.define
 class GanConfig:
-    """The GAN experiments (gan, wgan_gp): models, losses, each player's optimizer, outputs."""
+    """The GAN composition (`+experiment=gan`, `wgan_gp`): its models, losses and outputs.
 
-    latent_dim: int = attrs.field(default=32, validator=positive)
+    Both players' optimizers come from `optimizer.*` (one fresh each) and their gradient
+    transforms from `gradient.*`; `d_learning_rate`/`g_learning_rate` set a player's own
+    peak learning rate (null: `optimizer.learning_rate`).
+    """
+
+    latent_dim: int = attrs.field(default=32, validator=count(1, 1_000_000))
     loss: GanLoss = GanLoss.non_saturating
-    label_noise: float = attrs.field(default=0.0, validator=dropout_rate)
-    n_critic: int = attrs.field(default=1, validator=at_least_one)
+    label_noise: float = attrs.field(default=0.0, validator=fraction)
+    n_critic: int = attrs.field(default=1, validator=count(1, 1000))
     gradient_penalty: float = attrs.field(default=0.0, validator=non_negative)
-    clip_norm: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
     image_size: int = attrs.field(default=8, validator=image_size)
     generator_size: Optional[int] = attrs.field(default=None, validator=optional_image_size)  # noqa: UP045
-    width: int = attrs.field(default=64, validator=positive)
-    d_optimizer: OptimizerName = OptimizerName.adam
-    d_learning_rate: float = attrs.field(default=2e-4, validator=positive)
-    g_optimizer: OptimizerName = OptimizerName.adam
-    g_learning_rate: float = attrs.field(default=2e-4, validator=positive)
-    beta_1: float = attrs.field(default=0.5, validator=dropout_rate)
-    beta_2: float = attrs.field(default=0.999, validator=unit_interval_open)
-    grid: int = attrs.field(default=64, validator=positive)
-    samples: int = attrs.field(default=1000, validator=positive)
-    classifier_epochs: int = attrs.field(default=30, validator=at_least_one)
+    width: int = attrs.field(default=64, validator=count(1, 1_000_000))
+    d_learning_rate: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    g_learning_rate: Optional[float] = attrs.field(default=None, validator=optional_positive)  # noqa: UP045
+    grid: int = attrs.field(default=64, validator=count(1, 4096))
+    samples: int = attrs.field(default=1000, validator=count(1, 1_000_000))
+    classifier_epochs: int = attrs.field(default=30, validator=count(1, 100_000))
+
+
+@attrs.define
+class PredictConfig:
+    """`mode=predict`: the model applied to `input` (an .npz holding `x`) -> predictions.npz."""
+
+    input: Optional[str] = None  # noqa: UP045
+    model: Optional[str] = None  # noqa: UP045 - which model of several (null: the only one)
+
+
+def section_keys(section: type) -> list[str]:
+    """The keys an open section's class knows (its `args` are the others)."""
+    return [field.name for field in attrs.fields(section) if field.name != "args"]
+
+
+def section_defaults(section: type) -> dict[str, Any]:
+    """An open section's defaults as the plain dict Hydra composes onto (enums by name)."""
+    fields = attrs.fields_dict(section)
+    values = {}
+    for name in section_keys(section):
+        default = fields[name].default
+        default = default.factory() if isinstance(default, attrs.Factory) else default  # type: ignore[attr-defined]
+        values[name] = default.name if isinstance(default, enum.Enum) else default
+    return values
 
 
 @attrs.define
 class Config:
     experiment: str = "classifier"
-    seed: int = attrs.field(default=0, validator=non_negative)
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
+    mode: Mode = Mode.train
+    seed: int = attrs.field(default=0, validator=count(0, SEED_MAX))
+    main_metric: Optional[str] = None  # noqa: UP045 - what sweeps and search judge by; null: the composition's
+    # Open sections (see the module docstring): dicts when composed, attrs records once validated.
+    data: Any = section_defaults(DataConfig)
+    model: Any = section_defaults(ModelConfig)
+    optimizer: Any = section_defaults(OptimizerConfig)
     gradient: GradientConfig = GradientConfig()
+    metrics: List[Any] = []  # noqa: UP006 - extra metrics: built-in names or {_target_: ...}
+    step: Any = section_defaults(StepConfig)
     train: TrainConfig = TrainConfig()
     gan: GanConfig = GanConfig()
     resume: Resume = Resume.auto
@@ -246,6 +333,11 @@ class Config:
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     report: ReportConfig = ReportConfig()
     strategy: StrategyConfig = StrategyConfig()
+    predict: PredictConfig = PredictConfig()
+
+
+# Open sections: a user may set their `_target_`; their other keys are the target's arguments.
+TARGET_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optimizer": OptimizerConfig, "step": StepConfig}
 
 
 def validate(instance: Any, path: str = "") -> None:

@@ -1,7 +1,7 @@
 """Run outputs people and programs read: metrics.jsonl, metrics.csv, summary.json, epoch lines.
 
 This module owns the format of what a run writes into its directory. Every file is
-written whole through a temporary file and a rename, so a crash never leaves half a file;
+written whole (`composeloop.files.write_atomically`), so a crash never leaves half a file;
 the metric files are rewritten from the run's history after each epoch, which also makes a
 resumed run's files hold exactly the epochs its checkpoint has seen.
 """
@@ -10,44 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from composeloop.engine.events import Handler, RunState, on_epoch_end, on_run_begin
+from composeloop.files import jsonable, write_atomically, write_jsonl_atomically
 
 Rename = Callable[[Mapping[str, Any]], dict[str, Any]]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; keep them visible instead of invalid
-    return value
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Writes `text` to `path` via a temporary file, fsync and a rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
-    """Writes `payload` as indented JSON to `path` via a temporary file and a rename."""
-    text = json.dumps({k: _jsonable(v) for k, v in payload.items()}, indent=2, default=_jsonable)
-    write_atomically(path, text + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Reads a metrics.jsonl file back."""
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -63,8 +33,8 @@ def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def write_history(directory: Path, history: Sequence[Mapping[str, Any]]) -> None:
     """Writes metrics.jsonl (one JSON object per epoch) and metrics.csv (one row per epoch)."""
-    rows = [{k: _jsonable(v) for k, v in logs.items()} for logs in history]
-    write_atomically(directory / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    rows = [jsonable(dict(logs)) for logs in history]
+    write_jsonl_atomically(directory / "metrics.jsonl", rows)
     write_atomically(directory / "metrics.csv", _csv_text(rows))
 
 

@@ -12,7 +12,6 @@ worker stops every worker after the same step, and all report the same signal.
 
 from __future__ import annotations
 
-import enum
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,27 +21,29 @@ from typing import Any
 from composeloop.engine.distribute import sum_over_workers
 from composeloop.engine.events import Handler, RunState, on_chunk, on_epoch_end, on_run_begin
 from composeloop.errors import ConfigError, NonFiniteLossError
+from composeloop.vocabulary import Direction, NanPolicy, resolve_direction
 
 
-class Mode(enum.Enum):
-    min = "min"
-    max = "max"
-    auto = "auto"  # max for accuracies and scores, min for everything else
-
-
-def resolve_mode(monitor: str, mode: Mode | str) -> Mode:
-    mode = Mode(mode) if isinstance(mode, str) else mode
-    if mode is not Mode.auto:
-        return mode
-    return Mode.max if any(word in monitor for word in ("acc", "score", "quality", "confidence")) else Mode.min
+def declared_directions(program: Any) -> dict[str, bool]:
+    """The directions a program's metrics declare (`Metric.higher_is_better`), by metric name."""
+    metrics = program.step.metrics if program is not None else ()
+    return {metric.name: metric.higher_is_better for metric in metrics if metric.higher_is_better is not None}
 
 
 def best_epoch(
-    history: Sequence[Mapping[str, Any]], monitor: str, mode: Mode | str = Mode.auto, min_delta: float = 0.0
+    history: Sequence[Mapping[str, Any]],
+    monitor: str,
+    mode: Direction | str = Direction.auto,
+    min_delta: float = 0.0,
+    declared: Mapping[str, bool] | None = None,
 ) -> int | None:
     """The index in `history` of the best epoch by `monitor`: the last one that improved on
-    every earlier best by more than `min_delta`. None when no epoch logged it."""
-    sign = 1.0 if resolve_mode(monitor, mode) is Mode.max else -1.0
+    every earlier best by more than `min_delta`. None when no epoch logged it.
+
+    With `mode` auto, the direction is `composeloop.vocabulary.higher_is_better`'s, the
+    metrics' `declared` directions first.
+    """
+    sign = 1.0 if resolve_direction(monitor, mode, declared) is Direction.max else -1.0
     best_index, best_value = None, None
     for index, logs in enumerate(history):
         value = logs.get(monitor)
@@ -56,7 +57,7 @@ def best_epoch(
 def early_stopping(
     monitor: str,
     patience: int,
-    mode: Mode | str = Mode.auto,
+    mode: Direction | str = Direction.auto,
     min_delta: float = 0.0,
     on_improve: Callable[[RunState], Any] | None = None,
 ) -> list[Handler]:
@@ -65,7 +66,8 @@ def early_stopping(
     Args:
       monitor: a log key, e.g. "val_loss" or "val_accuracy".
       patience: epochs without improvement before stopping (>= 1).
-      mode: "min", "max" or "auto" (max for accuracies and scores).
+      mode: "min", "max" or "auto" (`composeloop.vocabulary.higher_is_better`, which a
+        metric's own `higher_is_better` overrides).
       min_delta: the smallest change that counts as an improvement.
       on_improve: called with the state after an epoch that is the best so far (e.g. to
         save the best checkpoint).
@@ -81,7 +83,7 @@ def early_stopping(
         raise ValueError(f"patience must be >= 1, got {patience}")
 
     def decide(state: RunState) -> None:
-        best = best_epoch(state.history, monitor, mode, min_delta)
+        best = best_epoch(state.history, monitor, mode, min_delta, declared_directions(state.program))
         if best is None:
             return
         state.extras["best_epoch"] = best + 1
@@ -101,12 +103,6 @@ def early_stopping(
             on_improve(state)
 
     return [on_run_begin(check_and_decide), on_epoch_end(after_epoch)]
-
-
-class NanPolicy(enum.Enum):
-    raise_ = "raise"
-    skip = "skip"
-    stop = "stop"
 
 
 def nan_policy(policy: NanPolicy | str) -> list[Handler]:
@@ -136,7 +132,7 @@ def nan_policy(policy: NanPolicy | str) -> list[Handler]:
         what = f"the loss was not finite at step {state.step - 1}; its update was not applied"
         if not state.program.halt_on_nonfinite:
             what = f"the loss was not finite in the steps up to {state.step - 1}; their updates were not applied"
-        if policy is NanPolicy.raise_:
+        if policy is NanPolicy["raise"]:
             raise NonFiniteLossError(f"train.nan_policy=raise: {what}")
         state.stop("stopped_nonfinite", what)
 

@@ -8,7 +8,7 @@ that a worker that never comes up is reported after a bounded wait, by name) and
 SLURM, which GPUs each task uses. Strategies are kept one per process and kind: TensorFlow
 configures collectives once per process, and two MirroredStrategy objects in one process
 can reuse collective keys and abort each other's all-reduces. It does not read configs
-(that is `composeloop.config.build`) nor distribute data (that is `Program.distribute`).
+(that is the application's) nor distribute data (that is `Program.distribute`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from tensorflow.python.eager import context
 
 from composeloop import cluster, slurm
 from composeloop.errors import ClusterError, ConfigError
+from composeloop.vocabulary import StrategyKind
 
-KINDS = ("default", "one_device", "mirrored", "multi_worker")
+KINDS = tuple(kind.value for kind in StrategyKind)
 CONNECT_TIMEOUT_S = 300.0  # how long the workers wait for each other to start
 EXIT_BARRIER_MS = 30_000  # how long a finished worker waits for the others at exit
 _made: dict[tuple, Placed] = {}

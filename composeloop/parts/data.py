@@ -11,17 +11,19 @@ inside scikit-learn (`sklearn/datasets/data/digits.csv.gz`), converted to uint8 
 
 from __future__ import annotations
 
-import zipfile
-import zlib
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import attrs
 import numpy as np
 
 from composeloop.errors import DataError
+from composeloop.parts.checks import check_finite, nonfinite_counts
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_LABEL_MAX = np.iinfo(np.int32).max
 
 
 @attrs.frozen
@@ -71,35 +73,101 @@ def digits(val_fraction: float = 0.2, seed: int = 0) -> ArrayData:
     return _split(images.astype(np.float32) / 16.0, labels.astype(np.int32), val_fraction, seed)
 
 
-def _as_features(x: np.ndarray, key: str, path: Path) -> np.ndarray:
+def _as_features(x: np.ndarray, key: str, source: str) -> np.ndarray:
+    """Examples as float32 (uint8 pixels scaled to [0, 1]); checked for shape and finiteness."""
+    where = f"{source} array '{key}'"
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{where} has dtype {x.dtype}; expected numbers")
+    if x.ndim == 0 or 0 in x.shape[1:]:
+        raise DataError(f"{where} must hold examples along its first axis, each with values; got shape {x.shape}")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range: named below
+        features = x.astype(np.float32)
     if x.dtype == np.uint8:  # MNIST-style pixels
-        return x.astype(np.float32) / 255.0
-    if x.dtype.kind in "uif":
-        return x.astype(np.float32)
-    raise DataError(f"data.path: {path} array '{key}' has dtype {x.dtype}; expected numbers")
+        features /= 255.0
+    try:
+        check_finite(features, where)
+    except DataError:
+        if x.dtype.kind == "f" and not any(nonfinite_counts(x)):  # finite, but not in float32
+            raise DataError(f"{where} holds values beyond float32's range (up to {np.abs(x).max():.3g})") from None
+        raise
+    return features
 
 
-def _as_labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
+def _as_labels(y: np.ndarray, key: str, source: str) -> np.ndarray:
+    where = f"{source} array '{key}'"
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(f"data.path: {path} array '{key}' must be integer class ids of shape (n,), got {y.shape}")
-    if y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0):
+        raise DataError(f"{where} must be integer class ids of shape (n,), got {y.shape}")
+    if y.dtype.kind == "f" and np.isfinite(y).all() and np.all(np.mod(y, 1) == 0):
+        largest = float(np.abs(y).max(initial=0))  # a Python float: no cast of the bound to float16
+        if largest > _LABEL_MAX:
+            raise DataError(f"{where} holds a label beyond {_LABEL_MAX} ({largest:.3g})")
         y = y.astype(np.int64)
     if y.dtype.kind not in "ui":
-        raise DataError(f"data.path: {path} array '{key}' must hold integer class ids, got dtype {y.dtype}")
+        raise DataError(f"{where} must hold integer class ids, got dtype {y.dtype}")
     if y.size and y.min() < 0:
-        raise DataError(f"data.path: {path} array '{key}' holds a negative label ({int(y.min())})")
+        raise DataError(f"{where} holds a negative label ({int(y.min())})")
+    if y.size and y.max() > _LABEL_MAX:
+        raise DataError(f"{where} holds a label beyond {_LABEL_MAX} ({int(y.max())}); labels are int32 class ids")
     return y.astype(np.int32)
+
+
+# Reading a damaged file fails in zipfile, zlib or numpy's header parser with whatever they
+# raise (BadZipFile, zlib.error, NotImplementedError for an unknown compression method,
+# RuntimeError for an encrypted member, tokenize.TokenError for a mangled .npy header,
+# MemoryError for a header claiming a huge shape, ...): on those untrusted bytes any
+# exception means "unreadable", so the two readers below catch them all.
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of `NPZ_KEYS` from the .npz at `path`; a DataError names what cannot be read."""
+    try:
+        # Opened here, not by np.load: numpy leaks its own handle when the zip is damaged.
+        with open(path, "rb") as handle:
+            return _read_archive(handle, path)
+    except DataError:
+        raise
+    except Exception as error:  # unreadable, whatever the parser raised (see above)
+        # numpy's own text for a file that is no zip talks about pickles: the error type says enough.
+        raise DataError(f"data.path: {path} is not a readable .npz file ({type(error).__name__})") from None
+
+
+def _read_archive(handle: BinaryIO, path: Path) -> dict[str, np.ndarray]:
+    archive = np.load(handle, allow_pickle=False)
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy array
+        raise DataError(f"data.path: {path} holds one array, not an .npz with {', '.join(NPZ_KEYS)}")
+    with archive:
+        missing = [key for key in NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise DataError(
+                f"data.path: {path} lacks {', '.join(missing)}; an MNIST-style .npz holds {', '.join(NPZ_KEYS)}"
+            )
+        return {key: _read_array(archive, key, path) for key in NPZ_KEYS}
+
+
+def _read_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise DataError(f"data.path: {path} array '{key}' holds Python objects; store numbers") from None
+        reason = type(error).__name__
+    except Exception as error:  # unreadable, whatever the parser raised (see above)
+        reason = type(error).__name__
+    raise DataError(f"data.path: {path} is not a readable .npz file (array '{key}': {reason})")
 
 
 def load_npz(path: str | Path) -> ArrayData:
     """Reads an MNIST-style .npz holding x_train, y_train, x_test, y_test.
 
-    The test split is used for validation. uint8 images are scaled to [0, 1].
+    The test split is used for validation. uint8 images are scaled to [0, 1]. Features
+    holding NaN or Inf are refused. Different train and validation classes are not an
+    error; `checks.class_set_difference` gives the note to show.
 
     Raises:
-      DataError: the file is missing, unreadable, lacks a key, or its shapes disagree.
+      DataError: the file is missing or unreadable, lacks a key, holds non-finite features,
+        or its shapes or labels are wrong (one line naming the file and array).
 
     Example:
       >>> data = load_npz("mnist.npz")
@@ -107,30 +175,58 @@ def load_npz(path: str | Path) -> ArrayData:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data.path: no such file: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [key for key in NPZ_KEYS if key not in arrays.files]
-            if missing:
-                raise DataError(
-                    f"data.path: {path} lacks {', '.join(missing)}; an MNIST-style .npz holds {', '.join(NPZ_KEYS)}"
-                )
-            raw = {key: arrays[key] for key in NPZ_KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
-        # numpy's own text for a corrupt file talks about pickles: the error type says enough.
-        raise DataError(f"data.path: {path} is not a readable .npz file ({type(error).__name__})") from None
-    x_train, x_test = _as_features(raw["x_train"], "x_train", path), _as_features(raw["x_test"], "x_test", path)
-    y_train, y_test = _as_labels(raw["y_train"], "y_train", path), _as_labels(raw["y_test"], "y_test", path)
-    for x_key, x, y_key, y in (("x_train", x_train, "y_train", y_train), ("x_test", x_test, "y_test", y_test)):
+        raise DataError(f"data.path: no such file: {path}" if not path.exists() else f"data.path: {path} is not a file")
+    return checked_arrays(_read_arrays(path), f"data.path: {path}")
+
+
+def checked_arrays(raw: Mapping[str, np.ndarray], source: str) -> ArrayData:
+    """Train and validation arrays checked and converted: features float32, labels int32.
+
+    Args:
+      raw: ``x_train``, ``y_train`` and the validation pair, as ``x_val, y_val`` or ``x_test, y_test``.
+      source: how messages name where the arrays came from (``data.path: mnist.npz``).
+
+    Raises:
+      DataError: a dtype, shape or count at fault, naming `source` and the array.
+    """
+    val = "x_val" if "x_val" in raw else "x_test"
+    y_val = "y" + val[1:]
+    x_train, x_val = _as_features(raw["x_train"], "x_train", source), _as_features(raw[val], val, source)
+    y_train, y_valid = _as_labels(raw["y_train"], "y_train", source), _as_labels(raw[y_val], y_val, source)
+    for x_key, x, y_key, y in (("x_train", x_train, "y_train", y_train), (val, x_val, y_val, y_valid)):
         if len(x) != len(y):
-            raise DataError(f"data.path: {path} has {len(x)} examples in {x_key} but {len(y)} labels in {y_key}")
+            raise DataError(f"{source} has {len(x)} examples in {x_key} but {len(y)} labels in {y_key}")
         if len(x) == 0:
-            raise DataError(f"data.path: {path} array '{x_key}' is empty")
-    if x_train.shape[1:] != x_test.shape[1:]:
+            raise DataError(f"{source} array '{x_key}' is empty")
+    if x_train.shape[1:] != x_val.shape[1:]:
         raise DataError(
-            f"data.path: {path} x_train examples have shape {x_train.shape[1:]} but x_test examples {x_test.shape[1:]}"
+            f"{source} x_train examples have shape {x_train.shape[1:]} but {val} examples {x_val.shape[1:]}"
         )
-    return ArrayData(x_train, y_train, x_test, y_test)
+    return ArrayData(x_train, y_train, x_val, y_valid)
+
+
+def read_features(path: str | Path, key: str) -> np.ndarray:
+    """The features to predict on: array ``x`` (or ``x_test``) of an .npz, as float32.
+
+    Raises:
+      DataError: naming `key` and the file when it is missing, unreadable or holds no features.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{key}: no such file: {path}")
+    try:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:
+            name = next((name for name in ("x", "x_test") if name in arrays.files), None)
+            if name is None:
+                raise DataError(f"{key}: {path} holds no array 'x' (it has {', '.join(arrays.files) or 'nothing'})")
+            x = arrays[name]
+    except DataError:
+        raise
+    except Exception as error:  # unreadable, whatever the parser raised (see `_read_arrays`)
+        raise DataError(f"{key}: {path} is not a readable .npz file ({type(error).__name__})") from None
+    if x.ndim < 2 or len(x) == 0:
+        raise DataError(f"{key}: {path} array '{name}' must hold examples of shape (n, ...), got {x.shape}")
+    return _as_features(x, name, f"{key}: {path}")
 
 
 def synthetic(
@@ -179,3 +275,51 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0, epo
     dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
     dataset = dataset.map(lambda index: {"x": tf.gather(features, index), "y": tf.gather(labels, index)})
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+@attrs.frozen
+class Datasets:
+    """Data you stream yourself: the batches of each epoch and of validation.
+
+    Attributes:
+      train: epoch number (0-based) -> that epoch's batches of ``{"x", "y"}`` (or whatever
+        your step reads), in an order that is a pure function of the epoch (and your
+        seed): a resume skips the batches already trained on.
+      validation: () -> validation batches, or None for no validation.
+      example_shape: the shape of one example (what a model is built for).
+      num_classes: how many classes the labels hold, if the data are labelled.
+    """
+
+    train: Callable[[int], Any]
+    validation: Callable[[], Any] | None = None
+    example_shape: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    num_classes: int = 0
+
+
+def as_data(value: Any, source: str) -> ArrayData | Datasets:
+    """Your data function's result as composeloop's data.
+
+    Accepts `ArrayData`, `Datasets`, a mapping or object with ``x_train, y_train, x_val,
+    y_val`` (``x_test, y_test`` also serve for validation), or Keras's
+    ``((x_train, y_train), (x_val, y_val))``. Arrays are checked as `load_npz` checks a file's.
+
+    Raises:
+      DataError: naming `source` and what is missing or wrong.
+    """
+    if isinstance(value, ArrayData | Datasets):
+        return value
+    if isinstance(value, tuple | list) and len(value) == 2 and all(isinstance(v, tuple | list) for v in value):
+        (x_train, y_train), (x_val, y_val) = value
+        arrays = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+    else:
+        get = value.get if isinstance(value, Mapping) else lambda key: getattr(value, key, None)
+        arrays = {key: get(key) for key in ("x_train", "y_train", "x_val", "y_val")}
+        arrays["x_val"] = arrays["x_val"] if arrays["x_val"] is not None else get("x_test")
+        arrays["y_val"] = arrays["y_val"] if arrays["y_val"] is not None else get("y_test")
+    missing = [key for key, array in arrays.items() if array is None]
+    if missing:
+        raise DataError(
+            f"{source} gave {type(value).__name__} without {', '.join(missing)}; return ArrayData, Datasets, "
+            "a mapping of x_train, y_train, x_val, y_val arrays, or ((x_train, y_train), (x_val, y_val))"
+        )
+    return checked_arrays({key: np.asarray(array) for key, array in arrays.items()}, source)

@@ -159,6 +159,7 @@ def gan_step(
     penalty: float = 0.0,
     n_critic: int = 1,
     transform: Transform | None = None,
+    g_transform: Transform | None = None,
 ) -> Step:
     """A GAN step: the discriminator phase (`n_critic` times), then the generator phase.
 
@@ -170,7 +171,9 @@ def gan_step(
       label_noise: the noisy-label trick for the discriminator (label-based losses only).
       penalty: weight of the WGAN-GP gradient penalty (0: none).
       n_critic: discriminator phases per generator phase.
-      transform: a gradient transform used by both phases (e.g. `clip_by_norm(1.0)`).
+      transform: the discriminator phase's gradient transform (e.g. `clip_by_norm(1.0)`),
+        also the generator's unless `g_transform` is given.
+      g_transform: the generator phase's own transform (a stateful transform needs one per phase).
 
     Example:
       >>> step = gan_step(generator(32), discriminator(), Adam(2e-4, beta_1=0.5), Adam(2e-4, beta_1=0.5), latent_dim=32)
@@ -186,7 +189,7 @@ def gan_step(
             n_critic=n_critic,
             transform=transform,
         ),
-        generator_phase(g_optimizer, latent_dim=latent_dim, loss=loss, transform=transform),
+        generator_phase(g_optimizer, latent_dim=latent_dim, loss=loss, transform=g_transform or transform),
         models={"generator": generator_model, "discriminator": discriminator_model},
     )
 

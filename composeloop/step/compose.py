@@ -90,7 +90,7 @@ class Step:
         return states
 
 
-def _accepts(fn: Callable, count: int) -> bool:
+def accepts_arguments(fn: Callable, count: int) -> bool:
     """Whether `fn` can be called with `count` positional arguments."""
     try:
         signature = inspect.signature(fn)
@@ -106,7 +106,7 @@ def _accepts(fn: Callable, count: int) -> bool:
 def _check_slot(phase_name: str, slot: str, fn: Any, arguments: tuple[str, ...]) -> None:
     if not callable(fn):
         raise ComposeError(f"phase '{phase_name}' slot '{slot}' must be callable, got {type(fn).__name__}")
-    if not _accepts(fn, len(arguments)):
+    if not accepts_arguments(fn, len(arguments)):
         raise ComposeError(
             f"phase '{phase_name}' slot '{slot}' must accept ({', '.join(arguments)}), "
             f"but {getattr(fn, '__name__', fn)!s}{inspect.signature(fn)} does not"

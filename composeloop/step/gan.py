@@ -27,8 +27,9 @@ from composeloop.step.compose import fold_seed
 from composeloop.step.forward import Forward
 from composeloop.step.losses import Loss
 from composeloop.step.records import Context, Tensors
+from composeloop.vocabulary import GanLoss
 
-GAN_LOSSES = ("non_saturating", "minimax", "least_squares", "hinge", "wasserstein")
+GAN_LOSSES = tuple(loss.value for loss in GanLoss)
 LABELLED_LOSSES = ("non_saturating", "minimax", "least_squares")  # the ones label noise applies to
 LABEL_NOISE_STREAM = 1
 INTERPOLATION_STREAM = 2

@@ -30,12 +30,15 @@ class Metric:
       update: ``(state, context, outputs, losses) -> new state``; must add the batch's
         contribution to `state`, so that states stay mergeable.
       result: ``state -> scalar``.
+      higher_is_better: which way it improves, for early stopping, sweeps and search;
+        None: `composeloop.vocabulary.higher_is_better` decides by its name.
     """
 
     name: str
     fields: tuple[str, ...] = attrs.field(converter=tuple)
     update: Update
     result: Callable[[State], tf.Tensor]
+    higher_is_better: bool | None = None
 
     def empty(self) -> dict[str, tf.Tensor]:
         """The identity state: every field zero."""

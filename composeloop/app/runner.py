@@ -1,15 +1,17 @@
 """A configured run of a compiled program: run directory, resume, services, summary.
 
-This module owns what every experiment (classifier, GAN, ...) shares once its program is
-compiled: which run directories may be used (``resume=auto|never``), restoring the latest
-checkpoint and the history it has seen, the loop services a config switches on
-(checkpoints, early stopping, NaN policy, stop signals, progress, metric files,
-TensorBoard, curves.png) in the order they must run, and the part of summary.json that
-every run has. Experiments add their models, data and their own outputs.
+This module owns what every composition shares once its program is compiled: which run
+directories may be used (``resume=auto|never``), restoring the latest checkpoint and the
+history it has seen, the loop services a config switches on (NaN policy, stop signals,
+progress, metric files, TensorBoard, the composition's own handlers, early stopping,
+checkpoints, curves.png) in the order they must run, and the part of summary.json that
+every run has. It does not build parts (`composeloop.config.build`, the composition) nor
+choose what a mode does (`composeloop.app.modes`).
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +21,8 @@ import attrs
 
 from composeloop.config.schema import Config, Resume
 from composeloop.errors import ConfigError
+from composeloop.files import read_json
+from composeloop.vocabulary import VAL, NanPolicy, higher_is_better
 
 RESULT_FILES = ("summary.json", "metrics.jsonl")
 UNFINISHED = ("interrupted", "stopped_nonfinite")  # statuses that end the process non-zero
@@ -26,8 +30,6 @@ UNFINISHED = ("interrupted", "stopped_nonfinite")  # statuses that end the proce
 
 def exit_code(summary: Mapping[str, Any]) -> int:
     """0 for a finished run (also one stopped early), 128 + signal for an interrupted one, else 1."""
-    import signal
-
     if summary.get("status") not in UNFINISHED:
         return 0
     name = summary.get("signal")
@@ -35,14 +37,14 @@ def exit_code(summary: Mapping[str, Any]) -> int:
 
 
 def compile_options(config: Config, strategy: Any = None) -> dict[str, Any]:
-    """`compile_step` keywords every experiment takes from its config (and its strategy)."""
+    """`compile_step` keywords every composition takes from its config (and its strategy)."""
     return {
         "strategy": strategy,
         "steps_per_execution": config.train.steps_per_execution,
         "jit_compile": config.train.jit_compile,
         "seed": config.seed,
         # raise and stop act before another step runs; skip carries on in the graph.
-        "on_nonfinite": "count" if config.train.nan_policy.value == "skip" else "halt",
+        "on_nonfinite": "count" if config.train.nan_policy is NanPolicy.skip else "halt",
         "record_logs": config.report.tensorboard,
     }
 
@@ -62,7 +64,7 @@ def check_run_directory(config: Config, directory: Path) -> None:
     results but no checkpoint; ``resume=never`` refuses any directory that holds a run.
     """
     found = [name for name in RESULT_FILES if (directory / name).exists()]
-    if found == ["summary.json"] and _failed_before_training(directory / "summary.json"):
+    if found == ["summary.json"] and (read_json(directory / "summary.json") or {}).get("status") == "failed":
         found = []  # a job that failed before its first epoch left only the record of that failure
     resumable = has_checkpoint(config, directory)
     if config.resume is Resume.never and (found or resumable):
@@ -77,18 +79,9 @@ def check_run_directory(config: Config, directory: Path) -> None:
         )
 
 
-def _failed_before_training(summary: Path) -> bool:
-    import json
-
-    try:
-        return json.loads(summary.read_text()).get("status") == "failed"
-    except (OSError, ValueError):
-        return False
-
-
-@attrs.define
+@attrs.frozen
 class Training:
-    """What an experiment hands the runner: its program and data, and its own extras.
+    """What the runner trains: a program, its data, and the composition's own extras.
 
     `log_names` shortens log keys in the files and console (e.g. ``train_d_loss`` ->
     ``d_loss``); `images` gives TensorBoard sample images each epoch.
@@ -98,7 +91,7 @@ class Training:
     train_data: Callable[[int], Any]
     validation_data: Callable[[], Any] | None = None
     handlers: Sequence[Any] = ()
-    log_names: Mapping[str, str] = attrs.Factory(dict)
+    log_names: Mapping[str, str] = attrs.field(factory=dict)
     images: Callable[[Any], Any] | None = None
 
 
@@ -180,21 +173,49 @@ def _restore_best(checkpoints: Any, state: Any) -> None:
         state.extras["restored_best"] = True
 
 
-def summary(config: Config, state: Any, started: float, log_names: Mapping[str, str] = {}) -> dict[str, Any]:  # noqa: B006
-    """The part of summary.json every run has: status, progress, final metrics, counters."""
+def main_metric(config: Config, logged: Sequence[str], declared: str | None) -> str | None:
+    """What a run is judged by: `main_metric` from the config, the composition's, else
+    val_accuracy, else the first validation metric, else the first logged one."""
+    if config.main_metric:
+        return config.main_metric
+    if declared:
+        return declared
+    if f"{VAL}_accuracy" in logged:
+        return f"{VAL}_accuracy"
+    return next((name for name in logged if name.startswith(f"{VAL}_")), next(iter(logged), None))
+
+
+def summary(
+    config: Config,
+    state: Any,
+    started: float,
+    log_names: Mapping[str, str] = {},  # noqa: B006
+    declared_main: str | None = None,
+) -> dict[str, Any]:
+    """The part of summary.json every run has: status, progress, final metrics, counters,
+    the main metric and each metric's direction (by the one higher-is-better rule)."""
     from composeloop.engine.stopping import best_epoch
 
     program = state.program
     last = {log_names.get(k, k): v for k, v in state.logs.items() if k != "epoch"}
     monitor = config.early_stopping.monitor
-    best = best_epoch(state.history, monitor, config.early_stopping.mode.value, config.early_stopping.min_delta)
-    result = {
+    declared = {
+        metric.name: metric.higher_is_better for metric in program.step.metrics if metric.higher_is_better is not None
+    }
+    best = best_epoch(
+        state.history, monitor, config.early_stopping.mode.value, config.early_stopping.min_delta, declared
+    )
+    logged = [name for name in last if name != "seconds"]
+    return {
         "experiment": config.experiment,
+        "mode": config.mode.value,
         "status": state.status,
         "reason": state.reason,
         "epochs": len(state.history),
         "steps": state.step,
         "metrics": last,
+        "main_metric": main_metric(config, logged, declared_main),
+        "directions": {name: "max" if higher_is_better(name, declared) else "min" for name in logged},
         "best_epoch": None if best is None else best + 1,
         f"best_{monitor}": None if best is None else state.history[best][monitor],
         "replicas": program.replication.num_replicas,
@@ -205,4 +226,3 @@ def summary(config: Config, state: Any, started: float, log_names: Mapping[str, 
         "traces": program.trace_counts,
         "wall_s": time.perf_counter() - started,
     }
-    return result

@@ -4,16 +4,20 @@ This module owns the picture only (matplotlib, Agg, no pyplot state): the first 
 other than `seed` is the x axis (log-scaled when its values are positive numbers spanning
 a decade or more), each combination of the other swept keys is one line through the mean
 over seeds, and with several seeds their min-max band and each seed's point are drawn too.
-Rows come from `composeloop.config.sweep.read_sweep`.
+Rows come from `composeloop.app.sweep_rows.read_sweep`.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from composeloop.app.sweep_rows import FAILED, parameters
+from composeloop.files import write_atomically
 
 SEED_KEY = "seed"
 
@@ -29,8 +33,6 @@ def _series(
     rows: Sequence[Mapping[str, Any]], x_key: str | None, group_keys: Sequence[str], metric: str
 ) -> dict[str, dict[str, list[float]]]:
     """group label -> x value (as written in the override) -> the metric of each seed."""
-    from composeloop.config.sweep import FAILED, parameters
-
     series: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         value = row["metrics"].get(metric)
@@ -90,6 +92,6 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metric: s
     axes.grid(True, alpha=0.3)
     if any(series):
         axes.legend(fontsize=8)
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, format="png")
-    temporary.replace(path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    write_atomically(path, png.getvalue())

@@ -1,47 +1,38 @@
-"""`python -m composeloop`: the Hydra app, with errors a person can read.
+"""`python -m composeloop` and `composeloop.app.main`: the Hydra app, with errors a person can read.
 
-This module owns the command line: it checks the config BEFORE Hydra starts a job (each job
-of a multirun included), so that a bad override, an unknown group option or an invalid value
-is one line on stderr and a non-zero exit rather than a traceback, then hands over to Hydra.
-In a multirun each job starts from clean Keras/TensorFlow state, a job that fails is recorded
-and the sweep goes on, and the exit status says whether every job finished (the sweep's
-summary itself is `composeloop.config.sweep`'s). Set HYDRA_FULL_ERROR=1 to get tracebacks
-instead. Nothing imports this module.
+This module owns the command line's behaviour: the preflight (`composeloop.app.preflight`)
+runs before Hydra starts any job, so that a bad override, flag, group option, value or
+part is one line on stderr and exit 2 rather than a traceback; then Hydra runs the jobs.
+Each job starts from clean Keras/TensorFlow state and runs `composeloop.app.run`; in a
+multirun a failed job is recorded and the sweep goes on, and the exit status says whether
+every job finished (the sweep's summary is `composeloop.app.sweep`'s). A job that fails on
+bad input leaves its run directory as it found it. Set HYDRA_FULL_ERROR=1 for tracebacks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
-from composeloop.config import sweep
-from composeloop.config.schema import Resume
-from composeloop.config.store import register, to_config
 from composeloop.errors import ComposeloopError
 
 EXIT_BAD_INPUT = 2
 EXIT_JOBS_FAILED = 1  # a multirun finished, but some of its jobs failed
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
-# Flags after which Hydra prints something and runs nothing: no preflight needed.
-INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "--shell-completion", "-sc"}
-MULTIRUN_FLAGS = {"-m", "--multirun"}
 
 
 def config_dir() -> str:
     """conf/ beside the package (a source checkout or editable install) or inside it (a wheel)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     for candidate in (package / "conf", package.parent / "conf"):
         if (candidate / "config.yaml").is_file():
             return str(candidate)
@@ -77,46 +68,8 @@ def fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
-def _job_overrides(argv: list[str]) -> tuple[list[list[str]], Path | None]:
-    """The override list of every job the command line would run, and a multirun's directory.
-
-    A multirun (`-m`, or `hydra.mode: MULTIRUN` from a `+sweep=...` config) runs the product
-    of `hydra.sweeper.params` and the command line's sweeps, as Hydra's basic sweeper does.
-    A single run's directory is None.
-    """
-    from hydra import compose
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    overrides = [arg for arg in argv if not arg.startswith("-")]
-    parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
-    hydra_config = compose(config_name="config", overrides=fixed, return_hydra_config=True).hydra
-    if not (any(arg in MULTIRUN_FLAGS for arg in argv) or hydra_config.mode == RunMode.MULTIRUN):
-        return [overrides], None
-    params = [f"{key}={value}" for key, value in (hydra_config.sweeper.get("params") or {}).items()]
-    parsed = parser.parse_overrides(params + overrides)
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    return jobs, Path(str(hydra_config.sweep.dir))
-
-
-def preflight(argv: list[str]) -> None:
-    """Composes and validates the config of every job; raises on the first bad one.
-
-    With ``resume=never``, a multirun into a directory that already holds a sweep's results
-    is refused too; with ``resume=auto`` (the default) its jobs resume from their checkpoints.
-    """
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        jobs, sweep_dir = _job_overrides(argv)
-        configs = [to_config(compose(config_name="config", overrides=overrides)) for overrides in jobs]
-    if sweep_dir is not None and any(config.resume is Resume.never for config in configs):
-        sweep.refuse_earlier_sweep(sweep_dir)
-
-
 @contextlib.contextmanager
-def _quiet_native_logs() -> Iterator[None]:
+def quiet_native_logs() -> Iterator[None]:
     """Silences TensorFlow's native start-up chatter (oneDNN, CUDA probes) on stderr.
 
     TensorFlow writes these from C++ before its log level applies, so the only way to keep
@@ -137,47 +90,96 @@ def _quiet_native_logs() -> Iterator[None]:
         os.close(saved)
 
 
-def _job(tree: DictConfig) -> dict[str, Any]:
-    from composeloop.config import build
-    from composeloop.config.experiments import run
-    from composeloop.config.runner import exit_code
+class DirectoryGuard:
+    """Puts a run directory back as the preflight found it when its job fails on bad input.
+
+    Hydra creates the directory and writes ``.hydra/`` and its log file before the job
+    runs; a job refused afterwards (a part of the wrong kind, found only when built) must
+    not leave a new directory behind, nor an earlier run's ``.hydra/`` overwritten.
+    """
+
+    KEPT = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.existed = directory is not None and directory.exists()
+        self.saved = {}
+        if self.existed:
+            self.saved = {name: (directory / name).read_bytes() for name in self.KEPT if (directory / name).is_file()}
+            self.saved_log = {path.name for path in directory.glob("*.log")}
+
+    def restore(self) -> None:
+        directory = self.directory
+        if directory is None or not directory.exists():
+            return
+        if not self.existed:
+            shutil.rmtree(directory, ignore_errors=True)
+            return
+        for name in self.KEPT:
+            if name in self.saved:
+                (directory / name).write_bytes(self.saved[name])
+            else:
+                (directory / name).unlink(missing_ok=True)
+        for log in directory.glob("*.log"):
+            if log.name not in self.saved_log and log.stat().st_size == 0:
+                log.unlink()
+        with contextlib.suppress(OSError):
+            (directory / ".hydra").rmdir()  # only if it is now empty
+
+
+_guard: dict[str, DirectoryGuard | None] = {"run": None}
+
+
+def _job(tree: Any) -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from composeloop.app import sweep
+    from composeloop.app.run import place_strategy, run
+    from composeloop.app.runner import exit_code
+    from composeloop.config.store import to_config
 
     # TensorFlow's checkpoint code logs every save at INFO through absl; Hydra would print it.
     logging.getLogger("absl").setLevel(logging.WARNING)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    directory = Path(HydraConfig.get().runtime.output_dir)
+    hydra = HydraConfig.get()
+    multirun = hydra.mode == RunMode.MULTIRUN
+    directory = Path(hydra.runtime.output_dir)
     # A directory holding an earlier run's results is refused by `run`; it must not be marked failed.
     had_results = any((directory / name).exists() for name in ("summary.json", "metrics.jsonl"))
     started = time.perf_counter()
     try:
         config = to_config(tree)
         logging.getLogger("tensorflow").setLevel(logging.WARNING)  # Hydra's INFO root would show its chatter
-        with _quiet_native_logs():
+        with quiet_native_logs():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # probes drivers: its complaints stay quiet too
             # Logical CPUs and multi-worker collectives must be set up before any device starts.
-            build.build_strategy(config.strategy)
+            place_strategy(config.strategy)
         sweep.fresh_state(config.seed)
-        summary = run(config, directory)
+        summary = run(config, directory, overrides=list(hydra.overrides.task))
     except Exception as error:
         if not multirun:
             if full_errors() or not isinstance(error, ComposeloopError):
                 raise  # a bug, not bad input: Hydra shows where
+            if _guard["run"] is not None:
+                _guard["run"].restore()
             fail(str(error))
         # A failed job is recorded and the sweep goes on; `main` exits non-zero at its end.
         if full_errors():
             traceback.print_exc()
         line = one_line(error)
-        print(f"composeloop: error: job {HydraConfig.get().job.num}: {line}", file=sys.stderr, flush=True)
+        print(f"composeloop: error: job {hydra.job.num}: {line}", file=sys.stderr, flush=True)
         if not had_results:
             sweep.record_failure(directory, line, time.perf_counter() - started, tree.get("experiment"))
         return {"status": "failed", "error": line}
+    if config.mode.value != "train":
+        return summary
     code = exit_code(summary)
     if multirun and summary.get("status") == "interrupted":
         raise KeyboardInterrupt  # the run caught Ctrl-C itself; the sweep must stop too
     if code:
-        job = f"job {HydraConfig.get().job.num}: " if multirun else ""
+        job = f"job {hydra.job.num}: " if multirun else ""
         print(
             f"composeloop: {job}{summary['status']} ({summary['reason']}); outputs and the last checkpoint are in "
             f"{directory}: run the same command again to resume",
@@ -194,6 +196,8 @@ def _job(tree: DictConfig) -> dict[str, Any]:
 
 def _end_of_sweep(interrupted: bool) -> None:
     """Summarises a sweep cut short, and exits non-zero when any job failed or was cut."""
+    from composeloop.app import sweep
+
     outcome = sweep.summarize_interrupted() if interrupted else sweep.take_outcome()
     if outcome is None:
         return
@@ -207,19 +211,53 @@ def _end_of_sweep(interrupted: bool) -> None:
         sys.exit(EXIT_JOBS_FAILED)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `python -m composeloop`."""
-    argv = sys.argv[1:] if argv is None else argv
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    config_path: str | None = None,
+    config_name: str = "config",
+) -> None:
+    """The command line of composeloop, or of your own project built on it.
+
+    `python -m composeloop` calls it with composeloop's own configs. Your project's script
+    calls it with its config directory: your experiments, models, data and sweeps there
+    join composeloop's (a config of yours with the same name wins), and your runs get
+    every service a built-in experiment gets.
+
+    Args:
+      argv: the arguments (default: ``sys.argv[1:]``).
+      config_path: your config directory, relative to the calling script (as for
+        ``@hydra.main``) or absolute; None: composeloop's own.
+      config_name: the primary config (composeloop's ``config`` unless you have your own).
+
+    Example (``my_train.py``; then ``python my_train.py +experiment=mine``):
+      >>> import composeloop.app
+      >>> composeloop.app.main(config_path="conf")
+    """
+    import hydra
+
+    from composeloop.app import plugins, preflight, sweep
+    from composeloop.config.store import register
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    primary = config_dir() if config_path is None else config_path
+    if config_path is not None and not os.path.isabs(config_path):  # relative to the calling script, as in Hydra
+        caller = os.path.abspath(inspect.stack()[1].filename)
+        primary = os.path.normpath(os.path.join(os.path.dirname(caller), config_path))
     register()
-    if not any(arg.split("=")[0] in INFO_FLAGS for arg in argv):
-        try:
-            preflight(argv)
-        except Exception as error:  # composition errors come in many Hydra/OmegaConf types
-            if full_errors():
-                raise
-            fail(one_line(error))
-    app = hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(_job)
+    plugins.register()
+    try:
+        command = preflight.parse(argv, primary, config_name, calling_file=__file__)
+        if not command.shows_only:
+            with quiet_native_logs():  # a part's import may load TensorFlow
+                planned = preflight.check(command)
+            _guard["run"] = DirectoryGuard(planned.run_dir)
+    except Exception as error:  # composition errors come in many Hydra/OmegaConf types
+        if full_errors():
+            raise
+        fail(one_line(error))
+    app = hydra.main(config_path=command.config_path, config_name=command.config_name, version_base="1.3")(_job)
     sys.argv = [sys.argv[0], *argv]
     try:
         app()

@@ -1,0 +1,191 @@
+"""The preflight: every job's config composed and validated before Hydra starts a job.
+
+This module owns reading the command line as Hydra reads it (Hydra's own argument parser,
+so ``--config-dir/-cd``, ``--config-path/-cp``, ``--config-name/-cn``, ``-m`` and the
+``--flag value``/``--flag=value`` spellings all mean what they mean to Hydra), composing
+the config of each job with the same search path Hydra will use, and checking it: the
+schema's types and validators, users' parts (`_target_` imports), a sweep's every job (the
+basic sweeper's grid) or a search's space (other sweepers), and the run directory a mode
+other than train needs. A bad config is thus one line before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from composeloop.config.schema import Config, Resume
+from composeloop.config.store import to_config
+from composeloop.errors import ConfigError
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@attrs.frozen
+class CommandLine:
+    """A command line as Hydra reads it, and where the primary config lives."""
+
+    args: argparse.Namespace
+    config_path: str  # the primary config directory (absolute) or pkg:// path
+    config_name: str
+    calling_file: str  # what Hydra resolves a relative --config-path against
+
+    @property
+    def overrides(self) -> list[str]:
+        return list(self.args.overrides)
+
+    @property
+    def shows_only(self) -> bool:
+        """--help, --cfg, --info and the like: Hydra prints something and runs nothing."""
+        a = self.args
+        return bool(a.help or a.hydra_help or a.cfg or a.info or a.shell_completion)
+
+
+def parse(argv: Sequence[str], config_path: str, config_name: str, calling_file: str) -> CommandLine:
+    """Reads `argv` with Hydra's own parser; a bad flag is a ConfigError, not argparse's exit."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.exit_on_error = False
+    try:
+        args, unknown = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError as error:
+        raise ConfigError(f"command line: {error}") from None
+    if unknown:
+        raise ConfigError(f"command line: unknown flag {unknown[0]}; see --help")
+    path = args.config_path if args.config_path is not None else config_path
+    return CommandLine(args, path, args.config_name or config_name, calling_file)
+
+
+def _hydra(command: CommandLine) -> Any:
+    """Hydra's config loader over the search path `hydra.main` would build for `command`."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import compute_search_path_dir, create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    search_path = create_config_search_path(compute_search_path_dir(command.calling_file, None, command.config_path))
+    if command.args.config_dir is not None:
+        directory = os.path.abspath(command.args.config_dir)
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--config-dir: {directory} is not a directory")
+        search_path.prepend("command-line", f"file://{directory}", anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    return Hydra.create_main_hydra2(task_name="composeloop", config_search_path=search_path)
+
+
+def _compose(hydra: Any, command: CommandLine, overrides: Sequence[str]) -> Any:
+    """One job's config as its task function will see it (without the `hydra` section)."""
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    config = hydra.compose_config(command.config_name, list(overrides), run_mode=RunMode.RUN)
+    with read_write(config), open_dict(config):
+        del config["hydra"]
+    return config
+
+
+@attrs.frozen
+class Plan:
+    """What the command will run: each job's config (the first job's alone for a search)."""
+
+    configs: list[Config]
+    jobs: list[list[str]]  # each job's overrides
+    sweep_dir: Path | None  # None for a single run
+    run_dir: Path | None  # a single run's directory
+    search: bool = False  # a sweeper other than the grid: its space was validated, not expanded
+
+
+def _jobs(hydra: Any, command: CommandLine) -> tuple[list[list[str]], Any, bool]:
+    """Every job's overrides, the composed hydra section, and whether it is a multirun."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    parser = OverridesParser.create()
+    overrides = command.overrides
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    first = hydra.compose_config(
+        command.config_name, fixed, run_mode=RunMode.RUN, with_log_configuration=False, validate_sweep_overrides=False
+    )
+    multirun = bool(command.args.multirun) or first.hydra.mode == RunMode.MULTIRUN
+    if not multirun:
+        return [overrides], first.hydra, False
+    params = [f"{key}={value}" for key, value in (first.hydra.sweeper.get("params") or {}).items()]
+    if first.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return [fixed], first.hydra, True  # a search: its space is validated by the sweeper's own check
+    parsed = parser.parse_overrides(params + overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch], first.hydra, True
+
+
+def plan(command: CommandLine) -> Plan:
+    """Composes and validates the config of every job `command` would run.
+
+    Raises:
+      ConfigError (or Hydra's composition errors): the first bad job's problem, in one line.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = _hydra(command)
+    try:
+        jobs, hydra_section, multirun = _jobs(hydra, command)
+        configs = [to_config(_compose(hydra, command, overrides)) for overrides in jobs]
+        searching = multirun and hydra_section.sweeper.get("_target_") != BASIC_SWEEPER
+    finally:
+        GlobalHydra.instance().clear()
+    sweep_dir = Path(str(hydra_section.sweep.dir)) if multirun else None
+    run_dir = None if multirun else Path(str(hydra_section.run.dir))
+    return Plan(configs, jobs, sweep_dir, run_dir, searching)
+
+
+def check(command: CommandLine) -> Plan:
+    """`plan`, then what needs the plan whole: an earlier sweep under resume=never, and the
+    checkpoint a mode other than train restores from the given run directory."""
+    from composeloop.app import sweep
+    from composeloop.app.run import check_directory
+
+    planned = plan(command)
+    if planned.sweep_dir is not None and any(config.resume is Resume.never for config in planned.configs):
+        sweep.refuse_earlier_sweep(planned.sweep_dir)
+    if planned.run_dir is not None:
+        config = planned.configs[0]
+        if config.mode.value != "train":
+            check_directory(config, planned.run_dir)
+    return planned
+
+
+def load_config(
+    overrides: Sequence[str] = (), *, config_path: str | None = None, config_name: str = "config"
+) -> Config:
+    """A validated `Config` composed as the command line would compose it (no Hydra run).
+
+    Args:
+      overrides: Hydra overrides (``["+experiment=gan", "train.epochs=2"]``).
+      config_path: an extra config directory (your project's), as ``--config-dir``.
+      config_name: the primary config.
+
+    Example:
+      >>> config = load_config(["data=synthetic", "train.epochs=1"])
+      >>> run(config, "runs/a")["status"]
+      'completed'
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    from composeloop.app import plugins
+    from composeloop.app.cli import config_dir
+    from composeloop.config.store import register
+
+    register()
+    plugins.register()
+    argv = [*(["--config-dir", str(config_path)] if config_path else []), *overrides]
+    command = parse(argv, config_dir(), config_name, calling_file=__file__)
+    hydra = _hydra(command)
+    try:
+        return to_config(_compose(hydra, command, command.overrides))
+    finally:
+        GlobalHydra.instance().clear()
