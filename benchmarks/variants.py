@@ -81,7 +81,7 @@ def hand_written(name: str, model: keras.Model, batches: tf.data.Dataset, compil
     return Runner(name, epoch, reset, lambda: {"train_step": traced[0]} if compiled else None, model)
 
 
-class _EpochTimer(keras.callbacks.Callback):
+class EpochTimer(keras.callbacks.Callback):
     """Times `fit`'s epoch from on_epoch_begin to on_epoch_end: its per-call setup (data
     adapter, callback list, building the train function) is left out, as a user who
     calls fit once for many epochs pays it once."""
@@ -125,7 +125,7 @@ def keras_fit(name: str, model: keras.Model, batches: tf.data.Dataset, steps_per
         steps_per_execution=steps_per_execution,
         jit_compile=False,
     )
-    timer = _EpochTimer()
+    timer = EpochTimer()
 
     def epoch() -> float:
         model.fit(batches, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
