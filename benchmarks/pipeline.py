@@ -39,7 +39,11 @@ class PipelineSize:
     rounds: int
 
 
-SIZES = {"full": PipelineSize(60000, 10000, 5), "quick": PipelineSize(12000, 2000, 5), "tiny": PipelineSize(512, 128, 1)}
+SIZES = {
+    "full": PipelineSize(60000, 10000, 5),
+    "quick": PipelineSize(12000, 2000, 2),
+    "tiny": PipelineSize(512, 128, 1),
+}
 
 
 def arrays(size: PipelineSize, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
