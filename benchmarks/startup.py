@@ -53,6 +53,24 @@ def _setup(no_grappler: bool) -> tuple[Any, Any]:
     return digits(), mlp((8, 8), 10, width=128, depth=2)
 
 
+def _first_pass(program: Any, kind: str, function: Any, run: Any, iterator: Any) -> dict[str, float]:
+    """Times one pass of `kind` cut in three: the trace (the benchmark reaches into the
+    program's tf.function for it), the first call (graph optimisation, one step), the rest."""
+    clock = time.perf_counter()
+    function.get_concrete_function(iterator, program._count(1))
+    traced = time.perf_counter()
+    run(iterator, 1)
+    first = time.perf_counter()
+    while run(iterator) == program.steps_per_execution:
+        pass
+    done = time.perf_counter()
+    return {
+        f"trace_{kind}_s": traced - clock,
+        f"first_{kind}_call_s": first - traced,
+        f"rest_of_{kind}_s": done - first,
+    }
+
+
 def probe_composed(no_grappler: bool = False) -> dict[str, float]:
     """composeloop's first and second epochs, the first cut into tracing, first calls, rest."""
     import keras
@@ -66,30 +84,11 @@ def probe_composed(no_grappler: bool = False) -> dict[str, float]:
     out: dict[str, float] = {}
     started = time.perf_counter()
     train = iter(batches(data.x_train, data.y_train, BATCH, seed=0, epoch=0))
-    clock = time.perf_counter()
-    # The benchmark reaches into the program to time what a first `train` call does.
-    program._train.get_concrete_function(train, program._count(1))
-    out["trace_train_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    program.train(train, 1)
-    out["first_train_call_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    while program.train(train) == program.steps_per_execution:
-        pass
-    out["rest_of_train_s"] = time.perf_counter() - clock
+    out.update(_first_pass(program, "train", program._train, program.train, train))
     program.results("train")
     validation = iter(batches(data.x_val, data.y_val, BATCH, shuffle=False))
-    clock = time.perf_counter()
-    program._evaluate.get_concrete_function(validation, program._count(1))
-    out["trace_evaluate_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    program.evaluate(validation, 1)
-    out["first_evaluate_call_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    while program.evaluate(validation) == program.steps_per_execution:
-        pass
+    out.update(_first_pass(program, "evaluate", program._evaluate, program.evaluate, validation))
     program.results("eval")
-    out["rest_of_evaluate_s"] = time.perf_counter() - clock
     out["first_epoch_s"] = time.perf_counter() - started
     history = fit(
         program,
