@@ -41,7 +41,7 @@ class PipelineSize:
 
 SIZES = {
     "full": PipelineSize(60000, 10000, 5),
-    "quick": PipelineSize(12000, 2000, 2),
+    "quick": PipelineSize(6000, 1000, 2),
     "tiny": PipelineSize(512, 128, 1),
 }
 

@@ -126,12 +126,15 @@ def _traces(traces: dict[str, int] | None) -> str:
 
 
 def step_table(results: list[dict[str, Any]], workload: str, ratios_: dict[str, Any]) -> list[str]:
-    head = f"{'variant':<20} {'ms/step':>9} {'GFLOP/s':>8} {'of peak':>7} {'peak RSS MB':>11} {'+RSS MB':>8}  traces"
+    head = (
+        f"{'variant':<20} {'ms/step':>9} {'cpu ms':>8} {'GFLOP/s':>8} {'of peak':>7} {'peak RSS MB':>11} "
+        f"{'+RSS MB':>8}  traces"
+    )
     lines = [head, "-" * len(head)]
     for entry in (e for e in results if e["workload"] == workload):
         gflops, fraction = entry.get("gflops_per_s"), entry.get("peak_fraction")
         lines.append(
-            f"{entry['variant']:<20} {entry['ms_per_step']:>9.3f} "
+            f"{entry['variant']:<20} {entry['ms_per_step']:>9.3f} {entry['cpu_ms_per_step']:>8.3f} "
             f"{'' if gflops is None else f'{gflops:.1f}':>8} {'' if fraction is None else f'{fraction:.2f}':>7} "
             f"{entry['peak_rss_mb']:>11.0f} {entry['rss_growth_mb']:>8.1f}  {_traces(entry['traces'])}"
         )

@@ -12,7 +12,7 @@ reported with its second. `--no-grappler` turns TensorFlow's graph optimiser off
 (`tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})`) to
 show what graph optimisation costs at start and what it buys per step.
 
-Whole process: the default `python -m composeloop` run (10 epochs of the digits,
+Whole process (full mode only): the default `python -m composeloop` run (10 epochs of the digits,
 TensorBoard and curves off, a fresh run directory) against `benchmarks.keras_script`, the
 plain Keras script that fits and saves the same model; wall seconds of each process,
 and the imports both pay (TensorFlow and Keras) and composeloop's CLI adds (Hydra, its
@@ -37,7 +37,8 @@ from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32
-REPEATS = {"full": 5, "quick": 1, "tiny": 1}
+REPEATS = {"full": 5, "quick": 1, "tiny": 1}  # tiny runs both probes in one process
+PROCESSES = ("composeloop_cli", "keras_script", "import_tf_keras", "import_composeloop_cli")
 
 
 def _setup(no_grappler: bool) -> tuple[Any, Any]:
@@ -178,8 +179,9 @@ def bench(mode: str, log: Any) -> dict[str, Any]:
     out["first_epoch_composed_vs_fit"] = statistics.median(
         c["first_epoch_s"] / f["first_epoch_s"] for c, f in zip(probes["composed"], probes["fit"], strict=True)
     )
-    processes: dict[str, list[float]] = {"composeloop_cli": [], "keras_script": [], "import_tf_keras": []}
-    processes["import_composeloop_cli"] = []
+    if mode != "full":
+        return out  # whole processes: full mode only (about 12 s a pair)
+    processes: dict[str, list[float]] = {name: [] for name in PROCESSES}
     with tempfile.TemporaryDirectory() as scratch:
         for index in range(repeats):
             run_dir = Path(scratch) / f"run{index}"

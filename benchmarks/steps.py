@@ -33,6 +33,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -48,7 +49,7 @@ from benchmarks.workloads import Workload, datasets, synthetic, workloads  # noq
 
 ROUNDS = {"full": 5, "quick": 3, "tiny": 1}
 MATMUL = {"full": (2048, 10), "quick": (2048, 5), "tiny": (256, 3)}
-GAN_STEPS = {"full": (128, 32, 5), "quick": (64, 32, 3), "tiny": (4, 2, 1)}  # steps, K, rounds
+GAN_STEPS = {"full": (128, 32, 5), "quick": (32, 16, 3), "tiny": (4, 2, 1)}  # steps, K, rounds
 STEP_WORKLOADS = ("seed_mlp", "compute_mlp", "cnn")
 WORKLOADS = (*STEP_WORKLOADS, "gan", "pipeline", "scale", "startup", "communication")
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +121,7 @@ def time_variants(
         runners[name] = runner
         print(f"  {label}/{name}: ready", file=log, flush=True)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     probes_after: dict[str, list[float]] = {name: [] for name in names}
     probes = []
     for index in range(rounds):
@@ -127,7 +129,9 @@ def time_variants(
         for name in names[shift:] + names[:shift]:
             runners[name].reset()
             reset_peak()
+            clock = time.process_time()
             seconds = runners[name].epoch()
+            cpu[name].append((time.process_time() - clock) / steps(name) * 1e3)
             peaks[name] = max(peaks[name], peak_rss_mb())
             samples[name].append(seconds / steps(name) * 1e3)
             if probe_each_epoch:
@@ -141,6 +145,7 @@ def time_variants(
             "workload": label,
             "variant": name,
             "ms_per_step": ms,
+            "cpu_ms_per_step": statistics.median(cpu[name]),
             "peak_rss_mb": round(peaks[name], 1),
             "traces": runners[name].traces(),
             "rss_growth_mb": round(growth[name], 1),
@@ -273,26 +278,37 @@ def run(
     placement = tf.device(device) if device else contextlib.nullcontext()
     report: dict[str, Any] = {"results": []}
     probes: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, work: Callable[[], Any]) -> Any:
+        clock = time.perf_counter()
+        value = work()
+        seconds[name] = round(time.perf_counter() - clock, 1)
+        print(f"{name}: {seconds[name]} s", file=log, flush=True)
+        return value
+
     with placement:
         matmul = peak_matmul_gflops(size, repeats)
         print(f"matmul peak: {matmul['peak_gflops']:.1f} GFLOP/s", file=log, flush=True)
         step_workloads = [w for w in workloads(mode) if w.name in chosen]
         for workload in step_workloads:
-            done = bench_workload(workload, rounds or ROUNDS[mode], seed, size, log, xla)
+            done = timed(
+                workload.name, lambda w=workload: bench_workload(w, rounds or ROUNDS[mode], seed, size, log, xla)
+            )
             report["results"] += done["results"]
             probes[workload.name] = done["matmul_gflops"]
         if "gan" in chosen:
-            done = bench_gan(mode, rounds, seed, size, log)
+            done = timed("gan", lambda: bench_gan(mode, rounds, seed, size, log))
             report["results"] += done["results"]
             probes["gan"] = done["matmul_gflops"]
         if "pipeline" in chosen:
-            report["pipeline"] = pipeline.bench(mode, log)
+            report["pipeline"] = timed("pipeline", lambda: pipeline.bench(mode, log))
         if "scale" in chosen:
-            report["scale"] = bench_scale(mode, rounds, seed, size, log)
+            report["scale"] = timed("scale", lambda: bench_scale(mode, rounds, seed, size, log))
     if "startup" in chosen:
-        report["startup"] = startup.bench(mode, log)
+        report["startup"] = timed("startup", lambda: startup.bench(mode, log))
     if "communication" in chosen:
-        report["communication"] = bench_communication(log)
+        report["communication"] = timed("communication", lambda: bench_communication(log))
     about = machine(mode, matmul, device)
     every = [matmul["peak_gflops"]] + [p for each in probes.values() for p in each]
     about["peak_matmul_gflops"] = statistics.median(every)
@@ -300,6 +316,7 @@ def run(
     about["matmul_gflops_rounds"] = {name: [round(p, 1) for p in each] for name, each in probes.items()}
     about["load_average_start"] = [round(x, 2) for x in load_start]
     about["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    about["workload_seconds"] = seconds
     report["machine"] = about
     report["ratios"] = ratios(report, step_workloads + (["gan"] if "gan" in chosen else []))
     report["targets"] = targets(report)
