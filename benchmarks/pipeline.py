@@ -12,8 +12,9 @@ Each variant runs sessions of two epochs and reports the second (the first of th
 session traces): composeloop's epoch seconds come from `fit`'s history (from before it
 builds the epoch's dataset to after validation), `model.fit`'s from on_epoch_begin to
 on_epoch_end (after its validation). Sessions are interleaved over rounds like the step
-workloads; the input alone (iterating one epoch of `batches` for train and validation)
-is timed too.
+workloads; the `_cpu` ratios compare the process's CPU time over the same second epochs
+(between the epoch-begin and epoch-end events of each). The input alone (iterating one epoch of `batches` for train and
+validation) is timed too.
 """
 
 from __future__ import annotations
@@ -63,28 +64,32 @@ def _model() -> keras.Model:
 
 
 def composed_session(model: keras.Model, data: tuple, steps_per_execution: int) -> Any:
-    """A function running two epochs through `batches` and `engine.fit`; returns the second's seconds."""
-    from composeloop.engine import compile_step, fit
+    """A function running two epochs through `batches` and `engine.fit`; returns the second's
+    (wall seconds, CPU seconds): wall from `fit`'s history, CPU from its epoch events."""
+    from composeloop.engine import compile_step, fit, on_epoch_begin, on_epoch_end
     from composeloop.parts.data import batches
     from composeloop.parts.recipes import classifier_step
 
     x, y, x_val, y_val = data
     program = compile_step(classifier_step(model, keras.optimizers.Adam(3e-3)), steps_per_execution=steps_per_execution)
+    cpu = CpuClock()
 
-    def session() -> float:
+    def session() -> tuple[float, float]:
         history = fit(
             program,
             lambda epoch: batches(x, y, BATCH, seed=0, epoch=epoch),
             epochs=2,
             validation_data=lambda: batches(x_val, y_val, BATCH, shuffle=False),
+            handlers=[on_epoch_begin(lambda state: cpu.start()), on_epoch_end(lambda state: cpu.stop())],
         )
-        return history[1]["seconds"]
+        return history[1]["seconds"], cpu.seconds
 
     return session, lambda: dict(program.trace_counts)
 
 
 def fit_session(model: keras.Model, data: tuple, steps_per_execution: int) -> Any:
-    """A function running `model.fit(epochs=2, validation_data=...)`; returns the second epoch's seconds."""
+    """A function running `model.fit(epochs=2, validation_data=...)`; returns the second
+    epoch's (wall seconds, CPU seconds), on_epoch_begin to on_epoch_end."""
     x, y, x_val, y_val = data
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
@@ -92,13 +97,28 @@ def fit_session(model: keras.Model, data: tuple, steps_per_execution: int) -> An
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
     )
+    cpu = CpuClock()
     timer = EpochTimer()
+    clock = keras.callbacks.LambdaCallback(on_epoch_begin=lambda *_: cpu.start(), on_epoch_end=lambda *_: cpu.stop())
 
-    def session() -> float:
-        model.fit(x, y, batch_size=BATCH, epochs=2, validation_data=(x_val, y_val), verbose=0, callbacks=[timer])
-        return timer.seconds
+    def session() -> tuple[float, float]:
+        model.fit(x, y, batch_size=BATCH, epochs=2, validation_data=(x_val, y_val), verbose=0, callbacks=[timer, clock])
+        return timer.seconds, cpu.seconds
 
     return session, lambda: None
+
+
+class CpuClock:
+    """The process's CPU seconds between the last `start()` and `stop()`."""
+
+    def __init__(self) -> None:
+        self.started, self.seconds = 0.0, 0.0
+
+    def start(self) -> None:
+        self.started = time.process_time()
+
+    def stop(self) -> None:
+        self.seconds = time.process_time() - self.started
 
 
 def read_only(data: tuple) -> float:
@@ -134,12 +154,15 @@ def bench(mode: str, log: Any, k: int = 16) -> dict[str, Any]:
         sessions[name]()  # warm-up: traces
         print(f"  pipeline/{name}: ready", file=log, flush=True)
     samples: dict[str, list[float]] = {name: [] for name in makers}
+    cpu: dict[str, list[float]] = {name: [] for name in makers}
     reads = []
     names = list(makers)
     for index in range(size.rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            samples[name].append(sessions[name]())
+            wall, used = sessions[name]()
+            samples[name].append(wall)
+            cpu[name].append(used)
         reads.append(read_only(data))
         print(f"  pipeline: round {index + 1}/{size.rounds} done", file=log, flush=True)
     examples = size.train + size.val
@@ -148,23 +171,27 @@ def bench(mode: str, log: Any, k: int = 16) -> dict[str, Any]:
             "epoch_seconds": statistics.median(values),
             "examples_per_s": examples / statistics.median(values),
             "epoch_seconds_rounds": [round(v, 4) for v in values],
+            "epoch_cpu_seconds": statistics.median(cpu[name]),
             "traces": traces[name](),
         }
         for name, values in samples.items()
     }
 
-    def paired(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
+    def paired(a: str, b: str, times: dict[str, list[float]] = samples) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
+    pairs = {
+        "composed_spe1_vs_fit_spe1": ("composed_spe1", "fit_spe1"),
+        f"composed_spe{k}_vs_fit_spe{k}": (f"composed_spe{k}", f"fit_spe{k}"),
+        f"composed_spe{k}_vs_fit_spe1": (f"composed_spe{k}", "fit_spe1"),
+    }
+    ratios = {key: paired(a, b) for key, (a, b) in pairs.items()}
+    ratios.update({f"{key}_cpu": paired(a, b, cpu) for key, (a, b) in pairs.items()})
     return {
         "train_examples": size.train,
         "val_examples": size.val,
         "batch_size": BATCH,
         "read_only_seconds": statistics.median(reads),
         "variants": results,
-        "ratios": {
-            "composed_spe1_vs_fit_spe1": paired("composed_spe1", "fit_spe1"),
-            f"composed_spe{k}_vs_fit_spe{k}": paired(f"composed_spe{k}", f"fit_spe{k}"),
-            f"composed_spe{k}_vs_fit_spe1": paired(f"composed_spe{k}", "fit_spe1"),
-        },
+        "ratios": ratios,
     }

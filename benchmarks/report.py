@@ -12,6 +12,7 @@ from typing import Any
 
 SEED_WORKLOAD, COMPUTE_WORKLOAD = "seed_mlp", "compute_mlp"
 HEADLINE = ("composed_vs_handwritten", "composed_spe_vs_fit_spe", "eager_vs_composed")
+CPU = "_cpu"  # suffix of a ratio of CPU times (the process's, over the same epochs)
 
 # (figure, comparison, bound, why): every target the run is checked against.
 TARGETS = [
@@ -37,17 +38,20 @@ TARGETS = [
 ]
 
 
-def _rounds(results: list[dict[str, Any]], workload: str, variant: str) -> list[float] | None:
+def _rounds(results: list[dict[str, Any]], workload: str, variant: str, key: str) -> list[float] | None:
     for entry in results:
         if entry["workload"] == workload and entry["variant"] == variant:
-            return entry["ms_per_step_rounds"]
+            return entry.get(key)
     return None
 
 
-def paired(results: list[dict[str, Any]], workload: str, a: str, b: str) -> float | None:
+def paired(
+    results: list[dict[str, Any]], workload: str, a: str, b: str, key: str = "ms_per_step_rounds"
+) -> float | None:
     """Median over rounds of a's time / b's time in the same round: a paired ratio, so a
-    burst of load from other processes moves both sides of one sample together."""
-    ra, rb = _rounds(results, workload, a), _rounds(results, workload, b)
+    burst of load from other processes moves both sides of one sample together. With
+    `key` "cpu_ms_per_step_rounds", the same for the process's CPU time."""
+    ra, rb = _rounds(results, workload, a, key), _rounds(results, workload, b, key)
     if not ra or not rb:
         return None
     return statistics.median(x / y for x, y in zip(ra, rb, strict=True))
@@ -75,9 +79,11 @@ def ratios(report: dict[str, Any], workloads: list[Any]) -> dict[str, Any]:
             "fit_jit_vs_fit_spe": (f"fit_spe{k}_jit", f"fit_spe{k}"),
         }
         each = {key: paired(results, name, a, b) for key, (a, b) in pairs.items()}
+        cpu = {key: paired(results, name, a, b, "cpu_ms_per_step_rounds") for key, (a, b) in pairs.items()}
         if name == SEED_WORKLOAD:
             out.update({key: each[key] for key in HEADLINE})
         out.update({f"{name}/{key}": value for key, value in each.items() if value is not None})
+        out.update({f"{name}/{key}{CPU}": value for key, value in cpu.items() if value is not None})
         if name == COMPUTE_WORKLOAD:
             fraction = {e["variant"]: e.get("peak_fraction") for e in results if e["workload"] == name}
             best = {e["variant"]: e.get("peak_fraction_best") for e in results if e["workload"] == name}
@@ -110,7 +116,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     for key, op, bound, why in TARGETS:
         value = values.get(key)
         met = None if value is None else (value <= bound if op == "<=" else value >= bound)
-        out.append({"figure": key, "target": f"{op} {bound}", "value": value, "met": met, "what": why})
+        row = {"figure": key, "target": f"{op} {bound}", "value": value, "met": met, "what": why}
+        out.append({**row, "cpu_value": values.get(key + CPU)})
     return out
 
 
@@ -138,8 +145,10 @@ def step_table(results: list[dict[str, Any]], workload: str, ratios_: dict[str, 
             f"{'' if gflops is None else f'{gflops:.1f}':>8} {'' if fraction is None else f'{fraction:.2f}':>7} "
             f"{entry['peak_rss_mb']:>11.0f} {entry['rss_growth_mb']:>8.1f}  {_traces(entry['traces'])}"
         )
-    lines += [f"  {key.split('/', 1)[1]:<32} {_num(value)}" for key, value in ratios_.items()
-              if key.startswith(f"{workload}/")]  # fmt: skip
+    mine = [key for key in ratios_ if key.startswith(f"{workload}/") and not key.endswith(CPU)]
+    lines += [
+        f"  {key.split('/', 1)[1]:<32} {_num(ratios_[key]):>7}   cpu {_num(ratios_.get(key + CPU))}" for key in mine
+    ]
     return lines
 
 
@@ -154,7 +163,11 @@ def pipeline_table(pipe: dict[str, Any]) -> list[str]:
             f"{name:<16} {entry['epoch_seconds']:>8.3f} {entry['examples_per_s']:>11.0f}  {_traces(entry['traces'])}"
         )
     lines.append(f"  reading batches() alone (train shuffled + validation): {pipe['read_only_seconds']:.3f} s")
-    lines += [f"  {key:<32} {_num(value)}" for key, value in pipe["ratios"].items()]
+    lines += [
+        f"  {key:<32} {_num(value):>7}   cpu {_num(pipe['ratios'].get(key + CPU))}"
+        for key, value in pipe["ratios"].items()
+        if not key.endswith(CPU)
+    ]
     return lines
 
 
@@ -207,11 +220,16 @@ def communication_table(comm: dict[str, Any]) -> list[str]:
 
 
 def targets_table(rows: list[dict[str, Any]]) -> list[str]:
-    head = f"{'figure':<40} {'value':>7} {'target':>8}  {'':<6}  what"
+    """Each target: the run's value (wall time), its verdict, and where there is one, the same
+    ratio of CPU times (steadier than wall time on a loaded machine; see the README)."""
+    head = f"{'figure':<40} {'value':>7} {'target':>8}  {'':<6} {'cpu':>6}  what"
     lines = [head, "-" * len(head)]
     for row in rows:
         verdict = "n/a" if row["met"] is None else "met" if row["met"] else "MISSED"
-        lines.append(f"{row['figure']:<40} {_num(row['value']):>7} {row['target']:>8}  {verdict:<6}  {row['what']}")
+        cpu = "" if row.get("cpu_value") is None else _num(row["cpu_value"])
+        lines.append(
+            f"{row['figure']:<40} {_num(row['value']):>7} {row['target']:>8}  {verdict:<6} {cpu:>6}  {row['what']}"
+        )
     return lines
 
 

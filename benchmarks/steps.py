@@ -146,6 +146,7 @@ def time_variants(
             "variant": name,
             "ms_per_step": ms,
             "cpu_ms_per_step": statistics.median(cpu[name]),
+            "cpu_ms_per_step_rounds": [round(c, 4) for c in cpu[name]],
             "peak_rss_mb": round(peaks[name], 1),
             "traces": runners[name].traces(),
             "rss_growth_mb": round(growth[name], 1),
