@@ -176,23 +176,28 @@ def scale_table(scale: dict[str, Any]) -> list[str]:
     cells = sorted({(e["width"], e["batch_size"], e["workload"]) for e in results})
     lines = [
         f"{'width':>6} {'batch':>6} {'handwritten':>12} {'fit speK':>9} {'comp spe1':>10} {'comp speK':>10} "
-        f"{'spe1/hand':>10} {'speK/fit':>9}   (ms/step)"
+        f"{'spe1/hand':>10} {'speK/fit':>9} {'cpu':>6} {'cpu':>6}   (ms/step; ratios of wall, then of CPU time)"
     ]
     for width, batch, workload in cells:
         ms = {e["variant"]: e["ms_per_step"] for e in results if e["workload"] == workload}
         k = _k(results, workload)
         hand, fit_k, c1, ck = ms["tf_function"], ms[f"fit_spe{k}"], ms["composed_spe1"], ms[f"composed_spe{k}"]
-        r1 = paired(results, workload, "composed_spe1", "tf_function")
-        rk = paired(results, workload, f"composed_spe{k}", f"fit_spe{k}")
+        pairs = (("composed_spe1", "tf_function"), (f"composed_spe{k}", f"fit_spe{k}"))
+        wall = [_num(paired(results, workload, a, b)) for a, b in pairs]
+        cpu = [_num(paired(results, workload, a, b, "cpu_ms_per_step_rounds")) for a, b in pairs]
         lines.append(
-            f"{width:>6} {batch:>6} {hand:>12.3f} {fit_k:>9.3f} {c1:>10.3f} {ck:>10.3f} {_num(r1):>10} {_num(rk):>9}"
+            f"{width:>6} {batch:>6} {hand:>12.3f} {fit_k:>9.3f} {c1:>10.3f} {ck:>10.3f} "
+            f"{wall[0]:>10} {wall[1]:>9} {cpu[0]:>6} {cpu[1]:>6}"
         )
     phases = scale["phases"]
-    lines.append(f"phases (trivial, spe {phases['steps_per_execution']}): us per step")
+    lines.append(f"phases (trivial, spe {phases['steps_per_execution']}): us per step, wall and CPU")
     for name, us in phases["us_per_step"].items():
-        lines.append(f"  {name:<18} {us:>9.1f}   traces {_traces(phases['traces'][name])}")
-    lines.append(f"  one more phase: {phases['us_per_extra_phase']:.1f} us per step; one more hand-written tape: "
-                 f"{phases['us_per_extra_tape_hand_written']:.1f} us")  # fmt: skip
+        cpu = phases["cpu_us_per_step"][name]
+        lines.append(f"  {name:<18} {us:>9.1f} {cpu:>9.1f}   traces {_traces(phases['traces'][name])}")
+    lines.append(f"  one more phase: {phases['us_per_extra_phase']:.1f} us per step (CPU "
+                 f"{phases['cpu_us_per_extra_phase']:.1f}); one more hand-written tape: "
+                 f"{phases['us_per_extra_tape_hand_written']:.1f} us (CPU "
+                 f"{phases['cpu_us_per_extra_tape_hand_written']:.1f})")  # fmt: skip
     return lines
 
 

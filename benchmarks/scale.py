@@ -141,18 +141,29 @@ def bench_phases(mode: str, rounds: int, log: Any) -> dict[str, Any]:
     for epoch, _ in runners.values():
         epoch()  # warm-up: traces
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
+            clock = time.process_time()
             samples[name].append(runners[name][0]() / steps * 1e6)
+            cpu[name].append((time.process_time() - clock) / steps * 1e6)
     print("  scale: phases done", file=log, flush=True)
     us = {name: statistics.median(values) for name, values in samples.items()}
+    us_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     first, last = counts[0], counts[-1]
+
+    def slope(times: dict[str, float], kind: str) -> float:
+        return (times[f"{kind}_{last}"] - times[f"{kind}_{first}"]) / (last - first)
+
     return {
         "steps_per_execution": K,
         "us_per_step": us,
+        "cpu_us_per_step": us_cpu,
         "traces": {name: traces() for name, (_, traces) in runners.items()},
-        "us_per_extra_phase": (us[f"composed_{last}"] - us[f"composed_{first}"]) / (last - first),
-        "us_per_extra_tape_hand_written": (us[f"hand_written_{last}"] - us[f"hand_written_{first}"]) / (last - first),
+        "us_per_extra_phase": slope(us, "composed"),
+        "us_per_extra_tape_hand_written": slope(us, "hand_written"),
+        "cpu_us_per_extra_phase": slope(us_cpu, "composed"),
+        "cpu_us_per_extra_tape_hand_written": slope(us_cpu, "hand_written"),
     }
