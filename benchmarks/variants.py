@@ -3,7 +3,8 @@
 This module owns the training code under test: an eager and a `@tf.function` hand-written
 `GradientTape` step (written here in the style of the seed articles, Keras 3 spelling),
 `model.fit` with `steps_per_execution` 1 and K, and composeloop's compiled program with
-steps_per_execution 1, K, and K under XLA. Every variant gets a model with the same
+steps_per_execution 1, K, and K under XLA (and, on request, `fit` and the hand-written step
+under XLA too). Every variant gets a model with the same
 weights, a plain SGD optimizer, mean-loss and accuracy metrics, and the same batches; each
 `epoch()` returns the seconds its epoch took, measured after the last step's result is
 read back. It does not decide how often to run them: that is `steps`.
@@ -44,7 +45,9 @@ class Runner:
     model: keras.Model
 
 
-def hand_written(name: str, model: keras.Model, batches: tf.data.Dataset, compiled: bool) -> Runner:
+def hand_written(
+    name: str, model: keras.Model, batches: tf.data.Dataset, compiled: bool, jit_compile: bool = False
+) -> Runner:
     """The loop people write by hand: tape, loss, gradients, apply, metric updates."""
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     train_loss = keras.metrics.Mean()
@@ -64,7 +67,7 @@ def hand_written(name: str, model: keras.Model, batches: tf.data.Dataset, compil
         train_accuracy.update_state(y, logits)
         return loss
 
-    step = tf.function(train_step) if compiled else train_step
+    step = tf.function(train_step, jit_compile=jit_compile) if compiled else train_step
 
     def epoch() -> float:
         started = time.perf_counter()
@@ -81,7 +84,7 @@ def hand_written(name: str, model: keras.Model, batches: tf.data.Dataset, compil
     return Runner(name, epoch, reset, lambda: {"train_step": traced[0]} if compiled else None, model)
 
 
-class _EpochTimer(keras.callbacks.Callback):
+class EpochTimer(keras.callbacks.Callback):
     """Times `fit`'s epoch from on_epoch_begin to on_epoch_end: its per-call setup (data
     adapter, callback list, building the train function) is left out, as a user who
     calls fit once for many epochs pays it once."""
@@ -116,16 +119,18 @@ def _fit_traces(model: keras.Model) -> dict[str, int] | None:
     return counts or None
 
 
-def keras_fit(name: str, model: keras.Model, batches: tf.data.Dataset, steps_per_execution: int) -> Runner:
+def keras_fit(
+    name: str, model: keras.Model, batches: tf.data.Dataset, steps_per_execution: int, jit_compile: bool = False
+) -> Runner:
     """`model.compile(steps_per_execution=K)` then `model.fit` one epoch at a time."""
     model.compile(
         optimizer=optimizer(),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
-        jit_compile=False,
+        jit_compile=jit_compile,
     )
-    timer = _EpochTimer()
+    timer = EpochTimer()
 
     def epoch() -> float:
         model.fit(batches, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
@@ -163,17 +168,13 @@ def composed(
     return Runner(name, epoch, lambda: program.reset("train"), traces, model)
 
 
-def variant_names(steps_per_execution: int) -> list[str]:
+def variant_names(steps_per_execution: int, xla: bool = False) -> list[str]:
+    """The variants of a step workload; with `xla`, also `fit` and the hand-written step
+    under XLA (composeloop's XLA variant always runs)."""
     k = steps_per_execution
-    return [
-        "eager",
-        "tf_function",
-        "fit_spe1",
-        f"fit_spe{k}",
-        "composed_spe1",
-        f"composed_spe{k}",
-        f"composed_spe{k}_jit",
-    ]
+    names = ["eager", "tf_function", "fit_spe1", f"fit_spe{k}", "composed_spe1", f"composed_spe{k}"]
+    names.append(f"composed_spe{k}_jit")
+    return names + (["tf_function_jit", f"fit_spe{k}_jit"] if xla else [])
 
 
 def make_runner(
@@ -192,8 +193,10 @@ def make_runner(
     makers: dict[str, Callable[[], Runner]] = {
         "eager": lambda: hand_written(name, model, tuples.take(eager_steps), compiled=False),
         "tf_function": lambda: hand_written(name, model, tuples, compiled=True),
+        "tf_function_jit": lambda: hand_written(name, model, tuples, compiled=True, jit_compile=True),
         "fit_spe1": lambda: keras_fit(name, model, tuples, 1),
         f"fit_spe{k}": lambda: keras_fit(name, model, tuples, k),
+        f"fit_spe{k}_jit": lambda: keras_fit(name, model, tuples, k, jit_compile=True),
         "composed_spe1": lambda: composed(name, model, dicts, 1, jit_compile=False),
         f"composed_spe{k}": lambda: composed(name, model, dicts, k, jit_compile=False),
         f"composed_spe{k}_jit": lambda: composed(name, model, dicts, k, jit_compile=True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import keras
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from composeloop import step as cs
 from composeloop.engine import compile_step
 from composeloop.parts.recipes import classifier_phase
+from composeloop.step.apply import apply_variables
 from composeloop.testing import mirrored_strategy
 
 MAX_NORM = 0.05  # small enough that the clip is active on nearly every drawn batch
@@ -102,3 +104,46 @@ def test_keras_per_replica_global_clipnorm_exceeds_the_bound(mirrored):
     rows = tf.data.Dataset.from_tensors(tf.ones([4, 2])).unbatch().batch(4)
     step(next(iter(strategy.experimental_distribute_dataset(rows))))
     assert float(tf.norm(weight)) == pytest.approx(2 * MAX_NORM, rel=1e-5)  # twice the bound
+
+
+def sign_descent(gradients, variables):
+    """A user's own apply stage: a plain function that assigns the variables."""
+    for gradient, variable in zip(gradients, variables, strict=True):
+        variable.assign_sub(0.01 * tf.sign(gradient))
+
+
+APPLY_STAGES = {
+    "adam_clipnorm": lambda: cs.optimizer_apply(keras.optimizers.Adam(0.01, clipnorm=0.05)),
+    "adamw": lambda: cs.optimizer_apply(keras.optimizers.AdamW(0.01, weight_decay=0.5)),
+    "loss_scale_optimizer": lambda: cs.optimizer_apply(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.5))),
+    "function": lambda: sign_descent,
+}
+
+
+def copies(variables):
+    """Every replica's copy of each variable, as arrays."""
+    tensors = [getattr(v, "value", v) for v in variables]
+    return [[c.numpy() for c in getattr(t, "values", (t,))] for t in tensors]
+
+
+@pytest.mark.parametrize("kind", APPLY_STAGES)
+def test_each_kind_of_apply_stage_runs_once_on_two_replicas(mirrored, kind):
+    """Already-summed gradients are applied once: after two steps, every replica's copy of
+    the weights and of the apply stage's state (slots, step count) equals one replica's."""
+    rng = np.random.default_rng(1)
+    batch = {"x": rng.normal(size=(12, 5)).astype(np.float32), "y": rng.integers(0, 3, 12).astype(np.int32)}
+    results = []
+    for strategy in (tf.distribute.OneDeviceStrategy("/cpu:0"), mirrored):
+        with strategy.scope():
+            model = tiny_model()
+            apply = APPLY_STAGES[kind]()
+            phase = attrs.evolve(classifier_phase(keras.optimizers.SGD(0.0)), apply=apply)
+            program = compile_step(cs.compose(phase, models={"model": model}), strategy=strategy)
+        data = program.distribute(tf.data.Dataset.from_tensor_slices(batch).batch(6))
+        assert program.train(iter(data), 2) == 2
+        results.append((copies(model.trainable_variables), copies(apply_variables(apply))))
+    (one_weights, one_state), (two_weights, two_state) = results
+    for one, two in zip(one_weights + one_state, two_weights + two_state, strict=True):
+        assert len(two) == 2 or len(one) == len(two)
+        for copy in two:
+            np.testing.assert_allclose(copy, one[0], rtol=1e-5, atol=1e-6)

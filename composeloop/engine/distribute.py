@@ -2,9 +2,10 @@
 
 This module owns the `Replication` the engine hands to steps under a strategy: gradient and
 metric all-reduces by summation, and an apply that runs exactly once per step for all
-replicas; and, for the loop, how many worker processes a strategy spans and a sum over
-them (so that every worker takes the same decision, e.g. to stop). It does not build
-strategies (that is configuration) nor loop over data.
+replicas from the gradients the phase already summed, with no second all-reduce; and, for
+the loop, how many worker processes a strategy spans and a sum over them (so that every
+worker takes the same decision, e.g. to stop). It does not build strategies (that is
+configuration) nor loop over data.
 """
 
 from __future__ import annotations
@@ -22,31 +23,26 @@ def _all_reduce_sum(values: Any) -> Any:
     return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
-def _on_first_replica_only(apply: Callable) -> Callable:
-    def apply_per_replica(values: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
-        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
-        apply([tf.where(first, value, tf.zeros_like(value)) for value in values], variables)
-
-    return apply_per_replica
-
-
 def _apply_once(apply: Callable, update: Gradients, variables: Sequence[tf.Variable]) -> tf.Tensor:
     """Applies already all-reduced gradients once, if `update.apply` holds.
 
     The decision is taken in the cross-replica context (a `tf.cond` whose branch may
-    merge-call cannot live in a replica context). Keras 3 optimizers must then run per
-    replica, and they sum the gradients they are given across replicas: replica 0 gets the
-    reduced gradients and the others zeros, so that sum is exact and nothing counts twice.
-    Any other apply stage runs once, in the cross-replica context, where assigning a
-    mirrored variable updates every replica's copy.
+    merge-call cannot live in a replica context). A stage with ``replicated()`` (a Keras
+    optimizer) is then called in every replica with that replica's own copy of the summed
+    gradients, its own all-reduce switched off: each device updates its copy of each
+    variable from local values, and nothing crosses devices a second time. Any other
+    apply stage runs once, in the cross-replica context, with the first replica's copy,
+    where assigning a mirrored variable updates every replica's copy.
     """
 
     def in_cross_replica(strategy: tf.distribute.Strategy, values: Any, flag: Any) -> tf.Tensor:
         def run() -> None:
-            if getattr(apply, "sums_across_replicas", False):
-                strategy.extended.call_for_each_replica(_on_first_replica_only(apply), args=(values, variables))
-            else:
+            replicated = getattr(apply, "replicated", None)
+            if replicated is None:
                 apply([strategy.experimental_local_results(value)[0] for value in values], variables)
+                return
+            with replicated():
+                strategy.extended.call_for_each_replica(apply, args=(values, variables))
 
         return when(strategy.experimental_local_results(flag)[0], run)
 

@@ -7,11 +7,21 @@ variables (sign-SGD, lookahead, ...) is an apply stage too. An apply stage may o
 before the compiled step first runs (Keras 3 cannot create them inside a trace). An apply
 stage that keeps state (slots, a step count) offers it as ``variables``, so checkpoints
 save it and a resume is exact.
+
+Under a `tf.distribute` strategy the gradients an apply stage gets are already summed
+across replicas, and the engine runs the stage exactly once per step. By default it calls
+the stage once, in the cross-replica context, with the first replica's copy: assigning a
+mirrored variable there updates every replica's copy. A stage that must instead be called
+in every replica (a Keras optimizer: it updates mirrored variables through merge calls)
+offers ``replicated()``, a context manager within which the engine calls it per replica
+with that replica's copy of the summed gradients, and it must then neither sum them again
+nor update a variable more than once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -25,11 +35,36 @@ class OptimizerApply:
     """Applies gradients with one Keras optimizer, owned by one variable group."""
 
     optimizer: Any
-    # Keras 3 optimizers all-reduce (sum) what they are given when called per replica.
-    sums_across_replicas = True
 
     def __call__(self, gradients: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
         self.optimizer.apply(list(gradients), list(variables))
+
+    @contextlib.contextmanager
+    def replicated(self) -> Iterator[None]:
+        """While open, a per-replica call applies gradients already summed across replicas.
+
+        Keras 3's TensorFlow optimizer, called per replica, first sums the gradients it is
+        given across replicas (`_all_reduce_sum_gradients`), then updates each mirrored
+        variable once from its replica's copy (`distribution.extended.update`). The
+        engine's gradients are summed already, so that second all-reduce is switched off
+        here, for this optimizer and the one it wraps (a `LossScaleOptimizer`'s), and only
+        here; everything else (clipping, weight decay, EMA, the step count) runs as in
+        `model.fit`. Open it once around all replicas' calls, not per replica: Keras runs
+        replicas in threads.
+        """
+        optimizers = _optimizer_chain(self.optimizer)
+        for optimizer in optimizers:
+            if not callable(getattr(optimizer, "_all_reduce_sum_gradients", None)):
+                raise TypeError(
+                    f"optimizer_apply: {type(optimizer).__name__} is not a Keras 3 TensorFlow optimizer "
+                    "(no _all_reduce_sum_gradients); under a strategy composeloop cannot apply it once"
+                )
+            optimizer._all_reduce_sum_gradients = _summed_already
+        try:
+            yield
+        finally:
+            for optimizer in optimizers:
+                del optimizer._all_reduce_sum_gradients
 
     def build(self, variables: Sequence[tf.Variable]) -> None:
         if not self.optimizer.built:
@@ -39,6 +74,18 @@ class OptimizerApply:
     def variables(self) -> list[Any]:
         """The optimizer's state: its update count, learning rate and slots."""
         return list(self.optimizer.variables)
+
+
+def _summed_already(grads_and_vars: Any) -> list:
+    return list(grads_and_vars)
+
+
+def _optimizer_chain(optimizer: Any) -> list[Any]:
+    """The optimizer and those it wraps (`inner_optimizer`), outermost first."""
+    chain = [optimizer]
+    while getattr(chain[-1], "inner_optimizer", None) is not None:
+        chain.append(chain[-1].inner_optimizer)
+    return chain
 
 
 def optimizer_apply(optimizer: Any) -> OptimizerApply:
