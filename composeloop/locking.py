@@ -7,8 +7,11 @@ kernel drops a flock when its holder exits, however it exits, so a lock left by 
 process never blocks, and a lock file left behind is harmless: it is never deleted (deleting
 lock files races with processes waiting on them), only overwritten by the next holder.
 
-It does not decide which directory to lock or when (the application does: the chief only in
-a multi-worker run, each job its own directory in a sweep). Plain Python, no TensorFlow, so
+`holding` is the form the application uses: re-entrant within the thread that holds the
+lock, so the command line can take it before Hydra writes anything and the run it starts
+take it again without refusing itself. It does not decide which directory to lock or when
+(the application does: the chief only in a multi-worker run, each job its own directory in
+a sweep). Plain Python, no TensorFlow, so
 the lock can be taken before TensorFlow loads. POSIX only (`fcntl`); on NFS, Linux emulates
 flock with byte-range locks that the server enforces across hosts.
 """
@@ -20,7 +23,9 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -136,6 +141,76 @@ def lock_run_directory(directory: str | os.PathLike[str]) -> RunDirectoryLock:
       ...     train()
     """
     return RunDirectoryLock(directory).acquire()
+
+
+# The locks `holding` took in this process: real path of the directory -> (lock, thread id).
+_held: dict[str, tuple[RunDirectoryLock, int]] = {}
+
+
+@contextlib.contextmanager
+def holding(directory: str | os.PathLike[str], *, create: bool = False) -> Iterator[RunDirectoryLock]:
+    """Holds `directory`'s lock for the block; re-entrant in the thread that took it.
+
+    A `holding` nested in another for the same directory, in the same thread, shares the
+    outer one's lock (the command line holds it, the run it starts asks again); another
+    thread or process is refused.
+
+    Args:
+      directory: the run directory.
+      create: make `directory` (and its parents) when it is missing; it is removed again on
+        the way out if the block left nothing in it but the lock file.
+
+    Raises:
+      RunDirectoryInUse: another process or thread holds the lock (names the holder).
+      ConfigError: the directory cannot be made or locked.
+
+    Example:
+      >>> with holding(run_dir, create=True):
+      ...     with holding(run_dir):  # the same thread: shares the lock
+      ...         train()
+    """
+    directory = Path(directory)
+    made = False
+    if create and not directory.is_dir():
+        try:
+            directory.mkdir(parents=True)
+            made = True
+        except FileExistsError:
+            pass  # another process made it meanwhile, or it is a file: `acquire` says which
+        except OSError as error:
+            raise ConfigError(f"cannot make run directory {directory}: {error.strerror or error}") from None
+    key = os.path.realpath(directory)
+    outer = _held.get(key)
+    if outer is not None and outer[1] == threading.get_ident():
+        yield outer[0]  # the outer `holding` releases it
+        return
+    try:
+        lock = RunDirectoryLock(directory).acquire()
+    except ConfigError:
+        if made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    _held[key] = (lock, threading.get_ident())
+    try:
+        yield lock
+    finally:
+        del _held[key]
+        if made:
+            _remove_if_only_lock(lock)
+        lock.release()
+
+
+def _remove_if_only_lock(lock: RunDirectoryLock) -> None:
+    """Removes a directory `holding` made when nothing but its lock file is in it.
+
+    Done while the lock is still held: a process that opened the file meanwhile is refused,
+    one that comes after finds no directory (or makes its own).
+    """
+    with contextlib.suppress(OSError):
+        if os.listdir(lock.directory) == [lock.path.name]:
+            lock.path.unlink()
+            lock.directory.rmdir()
 
 
 def _same_file(descriptor: int, path: Path) -> bool:

@@ -2,7 +2,9 @@
 
 This module owns the command line's behaviour: the preflight (`composeloop.app.preflight`)
 runs before Hydra starts any job, so that a bad override, flag, group option, value or
-part is one line on stderr and exit 2 rather than a traceback; then Hydra runs the jobs.
+part is one line on stderr and exit 2 rather than a traceback; then the run (or sweep)
+directory is locked, before Hydra writes there, so that a second process on it is refused
+in one line and writes nothing; then Hydra runs the jobs, each locking its own directory.
 Each job starts from clean Keras/TensorFlow state and runs `composeloop.app.run`; in a
 multirun a failed job is recorded and the sweep goes on, and the exit status says whether
 every job finished (the sweep's summary is `composeloop.app.sweep`'s). A job that fails on
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from composeloop.errors import ComposeloopError
+from composeloop.locking import RunDirectoryInUse
 
 EXIT_BAD_INPUT = 2
 EXIT_JOBS_FAILED = 1  # a multirun finished, but some of its jobs failed
@@ -170,7 +173,7 @@ def _job(tree: Any) -> dict[str, Any]:
             traceback.print_exc()
         line = one_line(error)
         print(f"composeloop: error: job {hydra.job.num}: {line}", file=sys.stderr, flush=True)
-        if not had_results:
+        if not had_results and not isinstance(error, RunDirectoryInUse):  # the holder's directory is not ours
             sweep.record_failure(directory, line, time.perf_counter() - started, tree.get("experiment"))
         return {"status": "failed", "error": line}
     if config.mode.value != "train":
@@ -237,6 +240,7 @@ def main(
     import hydra
 
     from composeloop.app import plugins, preflight, sweep
+    from composeloop.app.run import run_directory_lock
     from composeloop.config.store import register
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -247,22 +251,26 @@ def main(
         primary = os.path.normpath(os.path.join(os.path.dirname(caller), config_path))
     register()
     plugins.register()
+    held = contextlib.ExitStack()  # the run or sweep directory's lock, for the whole command
     try:
         command = preflight.parse(argv, primary, config_name, calling_file=__file__)
         if not command.shows_only:
             with quiet_native_logs():  # a part's import may load TensorFlow
                 planned = preflight.check(command)
             _guard["run"] = DirectoryGuard(planned.run_dir)
+            argv += preflight.pinned_directory(planned)
+            held.enter_context(run_directory_lock(planned.configs[0], planned.run_dir or planned.sweep_dir))
     except Exception as error:  # composition errors come in many Hydra/OmegaConf types
         if full_errors():
             raise
         fail(one_line(error))
     app = hydra.main(config_path=command.config_path, config_name=command.config_name, version_base="1.3")(_job)
     sys.argv = [sys.argv[0], *argv]
-    try:
-        app()
-    except KeyboardInterrupt:
-        if sweep.current_sweep() is None:
-            raise
-        _end_of_sweep(interrupted=True)
-    _end_of_sweep(interrupted=False)
+    with held:
+        try:
+            app()
+        except KeyboardInterrupt:
+            if sweep.current_sweep() is None:
+                raise
+            _end_of_sweep(interrupted=True)
+        _end_of_sweep(interrupted=False)

@@ -143,6 +143,26 @@ def plan(command: CommandLine) -> Plan:
     return Plan(configs, jobs, sweep_dir, run_dir, searching)
 
 
+def pinned_directory(planned: Plan) -> list[str]:
+    """The override that fixes the run (or sweep) directory to the one `planned` holds.
+
+    Hydra's default directory is spelt with ``${now:...}``: composed again when Hydra starts,
+    it may fall in the next second. The command line locks and guards the planned one, so
+    Hydra must use that one. Empty when the path does not survive Hydra's quoting.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key, directory = ("hydra.run.dir", planned.run_dir) if planned.run_dir else ("hydra.sweep.dir", planned.sweep_dir)
+    if directory is None:
+        return []
+    override = f"{key}='{str(directory).replace(chr(39), chr(92) + chr(39))}'"
+    try:
+        same = OverridesParser.create().parse_override(override).value() == str(directory)
+    except Exception:  # a path Hydra's grammar cannot spell back
+        same = False
+    return [override] if same else []
+
+
 def check(command: CommandLine) -> Plan:
     """`plan`, then what needs the plan whole: an earlier sweep under resume=never, and the
     checkpoint a mode other than train restores from the given run directory."""

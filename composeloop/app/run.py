@@ -1,8 +1,9 @@
 """`run`: a validated config and a run directory -> a finished run in its mode.
 
 This module owns the order in which a run is set up, the same for every composition and
-every front door (the command line, a sweep job, a user's own script, Python): check the
-run directory (resume or refuse; a mode other than train needs a checkpoint), load the
+every front door (the command line, a sweep job, a user's own script, Python): lock the
+run directory (one process writes there at a time), check it (resume or refuse; a mode
+other than train needs a checkpoint), load the
 data (before TensorFlow, so a bad file fails fast), seed, set the precision and place the
 strategy, build the composition in the strategy's scope, compile its step once with
 accumulation and loss scaling wired in, then hand it to the mode.
@@ -10,6 +11,7 @@ accumulation and loss scaling wired in, then hand it to the mode.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +44,29 @@ def place_strategy(config: StrategyConfig) -> Any:
     return placed
 
 
+def run_directory_lock(config: Config, directory: str | Path) -> contextlib.AbstractContextManager:
+    """The lock this process holds on `directory` while it runs `config` there.
+
+    Every process takes it but a multi-worker run's non-chief workers (they write into
+    scratch directories; the chief writes the run's). Re-entrant in one thread: the command
+    line takes it before Hydra writes anything, and `run` takes it again.
+
+    Raises:
+      RunDirectoryInUse: another process holds it (one line naming its pid and host).
+
+    Example:
+      >>> with run_directory_lock(config, "runs/a"):
+      ...     run(config, "runs/a")
+    """
+    from composeloop import cluster, locking
+
+    if config.strategy.name is StrategyKind.multi_worker:
+        task = cluster.current_task()
+        if task is not None and not task.is_chief:
+            return contextlib.nullcontext()
+    return locking.holding(directory, create=True)
+
+
 def check_directory(config: Config, directory: Path) -> None:
     """What a directory must (not) hold for this run, checked before anything is written."""
     if config.mode is Mode.train:
@@ -70,7 +95,8 @@ def run(
       The run's summary (train) or result (the other modes).
 
     Raises:
-      ComposeloopError: a bad config, data, composition or checkpoint, in one line.
+      ComposeloopError: a bad config, data, composition or checkpoint, in one line;
+        `composeloop.locking.RunDirectoryInUse` when another process runs in `directory`.
 
     Example:
       >>> summary = run(to_config(compose(config_name="config", overrides=["train.epochs=2"])), "runs/a")
@@ -78,6 +104,11 @@ def run(
     """
     started = time.perf_counter()
     directory = Path(directory)
+    with run_directory_lock(config, directory):  # held until the mode has written everything
+        return _run(config, directory, overrides, parts, started)
+
+
+def _run(config: Config, directory: Path, overrides: Sequence[str], parts: Parts, started: float) -> dict[str, Any]:
     check_directory(config, directory)
     data = parts.data if parts.data is not None else build.load_data(config.data, config.seed)
     if parts.data is not None:

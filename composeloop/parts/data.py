@@ -244,8 +244,16 @@ def synthetic(
     return _split(x, labels, val_fraction, seed)
 
 
-def check_labels(data: ArrayData, num_classes: int) -> None:
-    """Raises a `DataError` when any label falls outside ``[0, num_classes)``."""
+def check_labels(data: ArrayData | Datasets, num_classes: int) -> None:
+    """Raises a `DataError` when any label falls outside ``[0, num_classes)``, or when there
+    are no classes to build a classifier for (streamed data declaring none, unconfigured)."""
+    if num_classes < 1:
+        raise DataError(
+            f"model.num_classes: the data declare no classes (num_classes={num_classes}); "
+            "set model.num_classes=N (or Datasets.num_classes)"
+        )
+    if isinstance(data, Datasets):
+        return  # streamed labels are not in memory to check
     for split, labels in (("train", data.y_train), ("validation", data.y_val)):
         if labels.size and labels.max() >= num_classes:
             raise DataError(
