@@ -38,6 +38,7 @@ class Run:
     program: Any
     data: Any
     started: float
+    warnings: tuple[str, ...] = ()  # shown before training (the data's); summary.json lists them
 
     def train_data(self) -> Any:
         if self.composition.train_data is not None:
@@ -101,6 +102,7 @@ def train(run: Run) -> dict[str, Any]:
         handlers=handlers,
         log_names=composition.log_names,
         images=composition.images,
+        warnings=run.warnings,
     )
     state = runner.train(run.config, run.outputs, training, restore_from=run.directory)
     for name, file in model_files(run.models).items():  # the best epoch's weights when early stopping restored them

@@ -67,6 +67,16 @@ def run_directory_lock(config: Config, directory: str | Path) -> contextlib.Abst
     return locking.holding(directory, create=True)
 
 
+def data_warnings(data: Any, source: str) -> tuple[str, ...]:
+    """What loaded but looks wrong in the data (train and validation classes differ), shown now."""
+    from composeloop.parts.checks import class_set_difference
+
+    if not hasattr(data, "y_val"):
+        return ()  # streamed: not in memory to compare
+    note = class_set_difference(data.y_train, data.y_val, source)
+    return (runner.warning(note),) if note else ()
+
+
 def check_directory(config: Config, directory: Path) -> None:
     """What a directory must (not) hold for this run, checked before anything is written."""
     if config.mode is Mode.train:
@@ -115,6 +125,7 @@ def _run(config: Config, directory: Path, overrides: Sequence[str], parts: Parts
         from composeloop.parts.data import as_data
 
         data = as_data(data, "parts.data")
+    notes = data_warnings(data, "parts.data" if parts.data is not None else build.data_source(config.data))
 
     import keras
 
@@ -129,5 +140,5 @@ def _run(config: Config, directory: Path, overrides: Sequence[str], parts: Parts
         composition = build_composition(config, data, overrides=overrides, given=parts)
     step = build.adapt_step(composition.step, config.train)
     program = compile_step(step, **runner.compile_options(config, placed.strategy))
-    prepared = modes.Run(config, directory, outputs, composition, program, data, started)
+    prepared = modes.Run(config, directory, outputs, composition, program, data, started, notes)
     return modes.MODES[config.mode](prepared)
