@@ -3,9 +3,9 @@
 This module owns the order in which a run is set up, the same for every composition and
 every front door (the command line, a sweep job, a user's own script, Python): lock the
 run directory (one process writes there at a time), check it (resume or refuse; a mode
-other than train needs a checkpoint), load the
-data (before TensorFlow, so a bad file fails fast), seed, set the precision and place the
-strategy, build the composition in the strategy's scope, compile its step once with
+other than train needs a checkpoint), load the data (before TensorFlow, so a bad file
+fails fast; streamed data's first batches checked, different class sets warned), seed,
+set the precision and place the strategy, build the composition in the strategy's scope, compile its step once with
 accumulation and loss scaling wired in, then hand it to the mode.
 """
 
@@ -119,13 +119,15 @@ def run(
 
 
 def _run(config: Config, directory: Path, overrides: Sequence[str], parts: Parts, started: float) -> dict[str, Any]:
+    from composeloop.parts.data import as_data, check_streamed
+
     check_directory(config, directory)
     data = parts.data if parts.data is not None else build.load_data(config.data, config.seed)
     if parts.data is not None:
-        from composeloop.parts.data import as_data
-
         data = as_data(data, "parts.data")
-    notes = data_warnings(data, "parts.data" if parts.data is not None else build.data_source(config.data))
+    source = "parts.data" if parts.data is not None else build.data_source(config.data)
+    check_streamed(data, config.data.check_batches, source)  # arrays were checked whole at load
+    notes = data_warnings(data, source)
 
     import keras
 

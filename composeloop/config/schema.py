@@ -138,6 +138,7 @@ class DataConfig:
     synthetic_examples: int = attrs.field(default=256, validator=count(2, 10_000_000))
     synthetic_shape: List[int] = attrs.field(default=[8, 8], validator=example_shape)  # noqa: UP006
     synthetic_classes: int = attrs.field(default=10, validator=count(2, 1_000_000))
+    check_batches: int = attrs.field(default=4, validator=count(0, INT32_MAX))  # streamed data: NaN/Inf check; 0: off
     args: Dict[str, Any] = {}  # noqa: UP006 - not a key: the section's other keys, the target's arguments
 
 

@@ -168,9 +168,7 @@ def fit(
       >>> history[-1]["val_accuracy"]
     """
     simple = [_logs_handler(fn) for fn in on_epoch_end]
-    state = run_loop(
-        program, train_data, epochs=epochs, validation_data=validation_data, handlers=[*simple, *handlers]
-    )
+    state = run_loop(program, train_data, epochs=epochs, validation_data=validation_data, handlers=[*simple, *handlers])
     return state.history
 
 

@@ -20,7 +20,7 @@ import attrs
 import numpy as np
 
 from composeloop.errors import DataError
-from composeloop.parts.checks import check_finite, nonfinite_counts
+from composeloop.parts.checks import check_finite, check_first_batches, nonfinite_counts
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _LABEL_MAX = np.iinfo(np.int32).max
@@ -302,6 +302,27 @@ class Datasets:
     validation: Callable[[], Any] | None = None
     example_shape: tuple[int, ...] = attrs.field(default=(), converter=tuple)
     num_classes: int = 0
+
+
+def check_streamed(data: ArrayData | Datasets, batches: int, source: str) -> None:
+    """Checks the first `batches` batches of streamed data for NaN/Inf features (0: no check).
+
+    The hook the application calls for every data source it loads: arrays were checked
+    whole when loaded, so only streams (`Datasets`: a user's, TFRecord, image directories)
+    are read here, epoch 0's training batches and the validation batches; the training
+    loop's NaN policy catches what comes later.
+
+    Raises:
+      DataError: ``"<source>: train: batch 1 feature 'x' holds 3 non-finite values ..."``.
+
+    Example:
+      >>> check_streamed(Datasets(lambda epoch: dataset), 4, "data._target_ (my.data)")
+    """
+    if not isinstance(data, Datasets) or batches < 1:
+        return
+    check_first_batches(data.train(0), batches, f"{source}: train")
+    if data.validation is not None:
+        check_first_batches(data.validation(), batches, f"{source}: validation")
 
 
 def as_data(value: Any, source: str) -> ArrayData | Datasets:
