@@ -17,6 +17,7 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -46,6 +47,9 @@ def full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+_TEMPLATE = re.compile(r"\$(VALUE_TYPE|VALUE|FULL_KEY|KEY|OBJECT_TYPE|REF_TYPE)\b")  # OmegaConf's placeholders
+
+
 def one_line(error: BaseException) -> str:
     """One line for an error: its first line and that of the error it was raised from."""
     parts: list[str] = []
@@ -55,7 +59,8 @@ def one_line(error: BaseException) -> str:
         text = str(seen)
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         # OmegaConf chains a templated copy of its message ("Value '$VALUE' ..."): skip it.
-        if first and "$" not in first and first not in parts:
+        templated = seen is not error and _TEMPLATE.search(first)
+        if first and not templated and first not in parts:
             parts.append(first)
         # Hydra lists a group's options on tab-indented lines: keep them, they help.
         options += [line.strip() for line in text.splitlines() if line.startswith("\t") and "=" not in line]
