@@ -43,6 +43,15 @@ class StrategyKind(enum.Enum):
     multi_worker = "multi_worker"  # synchronous replicas over processes or machines
 
 
+class Cluster(enum.Enum):
+    """Where a multi-worker run learns its cluster: `auto` picks SLURM inside a SLURM job
+    step with more than one task, else TF_CONFIG (see `composeloop.cluster.resolve`)."""
+
+    auto = "auto"
+    tf_config = "tf_config"  # TF_CONFIG: composeloop.launch, Kubeflow's TFJob, by hand
+    slurm = "slurm"  # srun's SLURM_* variables
+
+
 class Precision(enum.Enum):
     """Keras dtype policies a run computes in."""
 

@@ -2,7 +2,8 @@
 
 This module owns each mode's outputs in the run directory. ``train``: the runner's
 services, every model saved as ``model.keras`` (one model named "model") or
-``<name>.keras``, the composition's own outputs, summary.json. ``evaluate``: the latest
+``<name>.keras``, the composition's own outputs, summary.json, and with ``tracking=mlflow``
+all of it in an MLflow run (`composeloop.app.tracking`). ``evaluate``: the latest
 (or ``checkpoint=best``) weights on the validation data, plus the composition's own
 score, printed and written to evaluation.json. ``predict``: one model applied to the
 ``x`` array of ``predict.input`` (an .npz), written to predictions.npz. ``export``: a
@@ -92,9 +93,13 @@ def model_files(models: dict[str, Any]) -> dict[str, str]:
 
 
 def train(run: Run) -> dict[str, Any]:
-    """Trains with every configured service; saves the models and summary.json."""
+    """Trains with every configured service; saves the models and summary.json (then tracks them)."""
+    from composeloop.app import tracking
+    from composeloop.engine.strategies import is_chief
+
     composition = run.composition
     handlers = composition.handlers(run.outputs) if callable(composition.handlers) else composition.handlers
+    tracker = tracking.open_run(run.config, run.directory) if is_chief(run.program.strategy) else None
     training = runner.Training(
         run.program,
         run.train_data(),
@@ -103,7 +108,21 @@ def train(run: Run) -> dict[str, Any]:
         log_names=composition.log_names,
         images=composition.images,
         warnings=run.warnings,
+        tracker=tracker,
     )
+    try:
+        summary = _train(run, training)
+    except Exception as error:
+        if tracker is not None:
+            tracking.end_run(tracker, run.outputs, {"status": "failed", "error": str(error).split("\n")[0]})
+        raise
+    if tracker is not None:
+        tracking.end_run(tracker, run.outputs, summary)
+    return summary
+
+
+def _train(run: Run, training: runner.Training) -> dict[str, Any]:
+    composition = run.composition
     state = runner.train(run.config, run.outputs, training, restore_from=run.directory)
     for name, file in model_files(run.models).items():  # the best epoch's weights when early stopping restored them
         run.models[name].save(run.outputs / file)

@@ -68,13 +68,17 @@ def run_directory_lock(config: Config, directory: str | Path) -> contextlib.Abst
 
 
 def data_warnings(data: Any, source: str) -> tuple[str, ...]:
-    """What loaded but looks wrong in the data (train and validation classes differ), shown now."""
+    """What loaded but looks wrong in the data (train and validation classes differ).
+
+    Shown (`runner.warning`) only once the run is built: a run refused on bad input says
+    so in one line, with no warning before it.
+    """
     from composeloop.parts.checks import class_set_difference
 
     if not hasattr(data, "y_val"):
         return ()  # streamed: not in memory to compare
     note = class_set_difference(data.y_train, data.y_val, source)
-    return (runner.warning(note),) if note else ()
+    return (note,) if note else ()
 
 
 def check_directory(config: Config, directory: Path) -> None:
@@ -142,5 +146,6 @@ def _run(config: Config, directory: Path, overrides: Sequence[str], parts: Parts
         composition = build_composition(config, data, overrides=overrides, given=parts)
     step = build.adapt_step(composition.step, config.train)
     program = compile_step(step, **runner.compile_options(config, placed.strategy))
-    prepared = modes.Run(config, directory, outputs, composition, program, data, started, notes)
+    shown = tuple(runner.warning(note) for note in notes)
+    prepared = modes.Run(config, directory, outputs, composition, program, data, started, shown)
     return modes.MODES[config.mode](prepared)

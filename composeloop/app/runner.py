@@ -3,11 +3,12 @@
 This module owns what every composition shares once its program is compiled: which run
 directories may be used (``resume=auto|never``), restoring the latest checkpoint and the
 history it has seen, the loop services a config switches on (NaN policy, stop signals,
-progress, metric files, TensorBoard, the composition's own handlers, early stopping,
-checkpoints, curves.png) in the order they must run, the part of summary.json that every
-run has, and the run's warnings: each one line on stderr (``composeloop: warning: ...``)
-and listed in summary.json (``warnings``). It does not build parts (`composeloop.config.build`, the composition) nor
-choose what a mode does (`composeloop.app.modes`).
+progress, metric files, tracking, TensorBoard, the composition's own handlers, a search
+trial's pruning, early stopping, checkpoints, curves.png) in the order they must run, the
+part of summary.json that every run has, and the run's warnings: each one line on stderr
+(``composeloop: warning: ...``) and listed in summary.json (``warnings``). It does not
+build parts (`composeloop.config.build`, the composition) nor choose what a mode does
+(`composeloop.app.modes`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Training:
     handlers: Sequence[Any] = ()
     log_names: Mapping[str, str] = attrs.field(factory=dict)
     images: Callable[[Any], Any] | None = None
+    tracker: Any = None  # a `composeloop.app.tracking.Tracker` (the chief's, with tracking=mlflow)
     warnings: Sequence[str] = ()
 
 
@@ -135,6 +137,7 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
     multi-worker run's non-chief workers (a scratch directory). A stop signal, early
     stopping or the NaN policy may end the run early: see `state.status`.
     """
+    from composeloop.app import search_job, tracking
     from composeloop.engine import checkpoint, curves, events, progress, report, stopping, tensorboard
     from composeloop.engine.loop import run_loop
 
@@ -159,10 +162,15 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
     handlers = [*stopping.nan_policy(config.train.nan_policy.value), *signals.handlers()]
     handlers += progress.progress(interactive=config.report.progress_bar, rename=rename)
     handlers += report.metric_files(directory, rename)
+    if training.tracker is not None:
+        handlers += tracking.tracking_handlers(training.tracker, rename)
     if config.report.tensorboard:
         every = config.report.tensorboard_every_steps
         handlers += tensorboard.tensorboard(directory / "tensorboard", every, training.images)
     handlers += list(training.handlers)
+    trial = search_job.current_trial()  # a job of a search: report each epoch, stop when pruned
+    if trial is not None:
+        handlers += search_job.pruning_handlers(trial)
     stop = config.early_stopping
     if stop.patience is not None:
         handlers += stopping.early_stopping(

@@ -308,11 +308,15 @@ def build_metrics(entries: list[Any]) -> tuple[Any, ...]:
 
 
 def check_cluster(config: StrategyConfig) -> None:
-    """For strategy=multi_worker: checks TF_CONFIG before TensorFlow loads (ConfigError naming the key)."""
+    """For strategy=multi_worker: checks the cluster environment there is (TF_CONFIG, or srun's
+    SLURM variables) before TensorFlow loads, a ConfigError naming the variable. None at all
+    is not an error here: a sweep may submit its jobs to a scheduler from a shell outside any
+    cluster; the worker that finds none says so when it makes its strategy."""
     if config.name is StrategyKind.multi_worker:
-        from composeloop.cluster import require_task
+        from composeloop.cluster import described, resolve
 
-        require_task()
+        if described():
+            resolve()
 
 
 def set_precision(precision: Precision) -> None:

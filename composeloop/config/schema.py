@@ -279,6 +279,24 @@ class ReportConfig:
     curves: bool = True
 
 
+class TrackingBackend(enum.Enum):
+    none = "none"  # the run directory only
+    mlflow = "mlflow"  # also an MLflow run (the composeloop[tracking] extra)
+
+
+@attrs.define
+class TrackingConfig:
+    """Where runs are recorded besides their directory (`tracking=mlflow` selects MLflow).
+
+    `uri` is any MLflow tracking URI; the default is a SQLite file in the working directory
+    (no server). `experiment` is the MLflow experiment (null: the config's `experiment`).
+    """
+
+    backend: TrackingBackend = TrackingBackend.none
+    uri: str = "sqlite:///mlflow.db"
+    experiment: Optional[str] = None  # noqa: UP045
+
+
 @attrs.define
 class StrategyConfig:
     """Where a run's replicas live: `name` picks the tf.distribute strategy."""
@@ -355,6 +373,7 @@ class Config:
     checkpoint: CheckpointConfig = CheckpointConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
     strategy: StrategyConfig = StrategyConfig()
     predict: PredictConfig = PredictConfig()
 
