@@ -4,8 +4,10 @@ This module owns the lock itself: an advisory `fcntl.flock` on a lock file insid
 directory, held for as long as a run writes there, and the one-line error a second process
 gets, naming the holder's pid and host (which the holder writes into the lock file). The
 kernel drops a flock when its holder exits, however it exits, so a lock left by a killed
-process never blocks, and a lock file left behind is harmless: it is never deleted (deleting
-lock files races with processes waiting on them), only overwritten by the next holder.
+process never blocks, and a lock file left behind is harmless: it is overwritten by the next
+holder. `RunDirectoryLock` never deletes its file; `holding` removes the one it created,
+while still holding the lock (`acquire` opens the path again when its file was unlinked
+under it), so that a run leaves no trace of the lock in its directory.
 
 `holding` is the form the application uses: re-entrant within the thread that holds the
 lock, so the command line can take it before Hydra writes anything and the run it starts
@@ -158,7 +160,8 @@ def holding(directory: str | os.PathLike[str], *, create: bool = False) -> Itera
     Args:
       directory: the run directory.
       create: make `directory` (and its parents) when it is missing; it is removed again on
-        the way out if the block left nothing in it but the lock file.
+        the way out if the block left nothing in it. A lock file `holding` creates is
+        removed on the way out too.
 
     Raises:
       RunDirectoryInUse: another process or thread holds the lock (names the holder).
@@ -184,6 +187,7 @@ def holding(directory: str | os.PathLike[str], *, create: bool = False) -> Itera
     if outer is not None and outer[1] == threading.get_ident():
         yield outer[0]  # the outer `holding` releases it
         return
+    fresh = not (directory / LOCK_NAME).exists()
     try:
         lock = RunDirectoryLock(directory).acquire()
     except ConfigError:
@@ -196,21 +200,22 @@ def holding(directory: str | os.PathLike[str], *, create: bool = False) -> Itera
         yield lock
     finally:
         del _held[key]
-        if made:
-            _remove_if_only_lock(lock)
+        _leave_as_found(lock, lock_file=fresh, directory=made)
         lock.release()
 
 
-def _remove_if_only_lock(lock: RunDirectoryLock) -> None:
-    """Removes a directory `holding` made when nothing but its lock file is in it.
+def _leave_as_found(lock: RunDirectoryLock, lock_file: bool, directory: bool) -> None:
+    """Removes the lock file `holding` created, and the directory it made if that is now empty.
 
-    Done while the lock is still held: a process that opened the file meanwhile is refused,
-    one that comes after finds no directory (or makes its own).
+    Done while the lock is still held: a process that opened the file before is refused (or,
+    locking it after the release, finds it unlinked and `acquire` opens the path again); one
+    that comes after finds no lock file, or no directory, and makes its own.
     """
     with contextlib.suppress(OSError):
-        if os.listdir(lock.directory) == [lock.path.name]:
+        if lock_file:
             lock.path.unlink()
-            lock.directory.rmdir()
+        if directory:
+            lock.directory.rmdir()  # only if empty
 
 
 def _same_file(descriptor: int, path: Path) -> bool:

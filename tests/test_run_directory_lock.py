@@ -101,7 +101,11 @@ def test_holding_makes_the_directory_and_removes_it_when_nothing_else_was_writte
     assert not empty.exists() and (tmp_path / "a").is_dir()  # parents stay
     with holding(used, create=True):
         (used / "summary.json").write_text("{}")
-    assert sorted(os.listdir(used)) == [LOCK_NAME, "summary.json"]
+    assert os.listdir(used) == ["summary.json"]  # the lock file it created is gone too
+    (used / LOCK_NAME).write_text('{"pid": 1, "host": "elsewhere"}\n')  # a killed holder's
+    with holding(used):
+        pass
+    assert sorted(os.listdir(used)) == [LOCK_NAME, "summary.json"]  # not ours to remove: left (emptied)
     (tmp_path / "file").write_text("")
     refused = pytest.raises(ConfigError, match="cannot lock run directory .*file: it is not a directory")
     with refused, holding(tmp_path / "file", create=True):

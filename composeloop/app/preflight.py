@@ -154,6 +154,8 @@ def read_overrides(hydra: Any, overrides: Sequence[str]) -> list[Any]:
             shown = "null" if value is None else repr(value)
             raise ConfigError(f"{group}: a config group takes an option ({', '.join(options)}), got {shown}")
     return parsed
+
+
 def _search_example(hydra: Any, sweeper: Any, overrides: list[str]) -> list[str]:
     """The overrides of one job of an Optuna search, once its whole space is checked unexpanded.
 
