@@ -81,3 +81,12 @@ def test_a_value_spelt_with_a_dollar_keeps_its_message():
     assert cli.one_line(refused.value) == (
         "Error merging override seed='$': Value '$' of type 'str' could not be converted to Integer"
     )
+
+
+@pytest.mark.slow
+def test_showing_the_config_of_a_bad_override_is_one_line_too(tmp_path):
+    """Fails on the old code: `--cfg` skipped the preflight and Hydra raised a ValueError traceback."""
+    from test_cli import assert_one_line_error, cli
+
+    assert_one_line_error(cli("experiment=null", "--cfg", "job", cwd=tmp_path), "experiment: a config group takes")
+    assert cli("train.epochs=3", "--cfg", "job", cwd=tmp_path).returncode == 0

@@ -259,7 +259,9 @@ def main(
     held = contextlib.ExitStack()  # the run or sweep directory's lock, for the whole command
     try:
         command = preflight.parse(argv, primary, config_name, calling_file=__file__)
-        if not command.shows_only:
+        if command.shows_only:
+            preflight.check_overrides(command)  # Hydra's own errors for these can be tracebacks
+        else:
             with quiet_native_logs():  # a part's import may load TensorFlow
                 planned = preflight.check(command)
             _guard["run"] = DirectoryGuard(planned.run_dir)

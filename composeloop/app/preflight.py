@@ -156,6 +156,17 @@ def read_overrides(hydra: Any, overrides: Sequence[str]) -> list[Any]:
     return parsed
 
 
+def check_overrides(command: CommandLine) -> None:
+    """`read_overrides` alone: for --cfg, --help and the like, which Hydra composes itself."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = _hydra(command)
+    try:
+        read_overrides(hydra, command.overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def _search_example(hydra: Any, sweeper: Any, overrides: list[str]) -> list[str]:
     """The overrides of one job of an Optuna search, once its whole space is checked unexpanded.
 
