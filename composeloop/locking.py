@@ -4,11 +4,16 @@ This module owns the lock itself: an advisory `fcntl.flock` on a lock file insid
 directory, held for as long as a run writes there, and the one-line error a second process
 gets, naming the holder's pid and host (which the holder writes into the lock file). The
 kernel drops a flock when its holder exits, however it exits, so a lock left by a killed
-process never blocks, and a lock file left behind is harmless: it is never deleted (deleting
-lock files races with processes waiting on them), only overwritten by the next holder.
+process never blocks, and a lock file left behind is harmless: it is overwritten by the next
+holder. `RunDirectoryLock` never deletes its file; `holding` removes the one it created,
+while still holding the lock (`acquire` opens the path again when its file was unlinked
+under it), so that a run leaves no trace of the lock in its directory.
 
-It does not decide which directory to lock or when (the application does: the chief only in
-a multi-worker run, each job its own directory in a sweep). Plain Python, no TensorFlow, so
+`holding` is the form the application uses: re-entrant within the thread that holds the
+lock, so the command line can take it before Hydra writes anything and the run it starts
+take it again without refusing itself. It does not decide which directory to lock or when
+(the application does: the chief only in a multi-worker run, each job its own directory in
+a sweep). Plain Python, no TensorFlow, so
 the lock can be taken before TensorFlow loads. POSIX only (`fcntl`); on NFS, Linux emulates
 flock with byte-range locks that the server enforces across hosts.
 """
@@ -20,7 +25,9 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -136,6 +143,79 @@ def lock_run_directory(directory: str | os.PathLike[str]) -> RunDirectoryLock:
       ...     train()
     """
     return RunDirectoryLock(directory).acquire()
+
+
+# The locks `holding` took in this process: real path of the directory -> (lock, thread id).
+_held: dict[str, tuple[RunDirectoryLock, int]] = {}
+
+
+@contextlib.contextmanager
+def holding(directory: str | os.PathLike[str], *, create: bool = False) -> Iterator[RunDirectoryLock]:
+    """Holds `directory`'s lock for the block; re-entrant in the thread that took it.
+
+    A `holding` nested in another for the same directory, in the same thread, shares the
+    outer one's lock (the command line holds it, the run it starts asks again); another
+    thread or process is refused.
+
+    Args:
+      directory: the run directory.
+      create: make `directory` (and its parents) when it is missing; it is removed again on
+        the way out if the block left nothing in it. A lock file `holding` creates is
+        removed on the way out too.
+
+    Raises:
+      RunDirectoryInUse: another process or thread holds the lock (names the holder).
+      ConfigError: the directory cannot be made or locked.
+
+    Example:
+      >>> with holding(run_dir, create=True):
+      ...     with holding(run_dir):  # the same thread: shares the lock
+      ...         train()
+    """
+    directory = Path(directory)
+    made = False
+    if create and not directory.is_dir():
+        try:
+            directory.mkdir(parents=True)
+            made = True
+        except FileExistsError:
+            pass  # another process made it meanwhile, or it is a file: `acquire` says which
+        except OSError as error:
+            raise ConfigError(f"cannot make run directory {directory}: {error.strerror or error}") from None
+    key = os.path.realpath(directory)
+    outer = _held.get(key)
+    if outer is not None and outer[1] == threading.get_ident():
+        yield outer[0]  # the outer `holding` releases it
+        return
+    fresh = not (directory / LOCK_NAME).exists()
+    try:
+        lock = RunDirectoryLock(directory).acquire()
+    except ConfigError:
+        if made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    _held[key] = (lock, threading.get_ident())
+    try:
+        yield lock
+    finally:
+        del _held[key]
+        _leave_as_found(lock, lock_file=fresh, directory=made)
+        lock.release()
+
+
+def _leave_as_found(lock: RunDirectoryLock, lock_file: bool, directory: bool) -> None:
+    """Removes the lock file `holding` created, and the directory it made if that is now empty.
+
+    Done while the lock is still held: a process that opened the file before is refused (or,
+    locking it after the release, finds it unlinked and `acquire` opens the path again); one
+    that comes after finds no lock file, or no directory, and makes its own.
+    """
+    with contextlib.suppress(OSError):
+        if lock_file:
+            lock.path.unlink()
+        if directory:
+            lock.directory.rmdir()  # only if empty
 
 
 def _same_file(descriptor: int, path: Path) -> bool:

@@ -136,3 +136,64 @@ def test_the_first_streamed_batches_are_checked():
     assert checks.check_first_batches(clean, 10) == 2  # a shorter dataset is read to its end
     with pytest.raises(ValueError, match="batches must be >= 1"):
         checks.check_first_batches(clean, 0)
+
+
+def test_streamed_data_is_checked_by_the_hook_the_app_calls():
+    """`data.check_streamed`: what `composeloop.app.run` calls for any data source, with data.check_batches."""
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).random((12, 3)).astype(np.float32)
+    bad = x.copy()
+    bad[5, 2] = np.nan  # batch 1 of batches of 4
+
+    def stream(features):
+        return lambda *epoch: tf.data.Dataset.from_tensor_slices({"x": features, "y": np.zeros(12, np.int32)}).batch(4)
+
+    clean = datasets.Datasets(stream(x), stream(x), (3,), 2)
+    datasets.check_streamed(clean, 4, "data._target_ (my.data)")
+    for data, where in (
+        (datasets.Datasets(stream(bad), stream(x), (3,), 2), "train"),
+        (datasets.Datasets(stream(x), stream(bad), (3,), 2), "validation"),
+    ):
+        with pytest.raises(DataError, match=f"^data._target_ \\(my.data\\): {where}: batch 1 feature 'x' holds 1 "):
+            datasets.check_streamed(data, 2, "data._target_ (my.data)")
+        datasets.check_streamed(data, 1, "data._target_ (my.data)")  # batch 1 is not read
+        datasets.check_streamed(data, 0, "data._target_ (my.data)")  # data.check_batches=0: off
+    datasets.check_streamed(datasets.synthetic(examples=16), 4, "data")  # arrays: checked at load already
+
+
+def test_streamed_data_is_labels_unchecked_but_needs_classes():
+    """Fails on the old code: `check_labels` read `y_train` of a Datasets (AttributeError traceback)."""
+    streamed = datasets.Datasets(lambda epoch: [], None, (3,), 0)
+    datasets.check_labels(streamed, 4)
+    with pytest.raises(DataError, match="^model.num_classes: the data declare no classes"):
+        datasets.check_labels(streamed, 0)
+
+
+STREAM_WITH_NAN = """
+import numpy as np
+import tensorflow as tf
+from composeloop.parts.data import Datasets
+
+
+def stream():
+    x = np.random.default_rng(0).random((16, 4)).astype(np.float32)
+    x[9, 1] = np.inf  # batch 2 of batches of 4
+    y = np.arange(16, dtype=np.int32) % 2
+    batches = lambda *epoch: tf.data.Dataset.from_tensor_slices({"x": x, "y": y}).batch(4)
+    return Datasets(batches, batches, (4,), 2)
+"""
+
+
+@pytest.mark.slow
+def test_a_stream_with_nonfinite_features_is_refused_before_training_through_the_cli(tmp_path, monkeypatch):
+    """Fails on the old code: the stream trained until the NaN policy stopped it, naming no batch or feature."""
+    import os
+
+    from test_cli import assert_one_line_error, cli
+
+    (tmp_path / "nanstream.py").write_text(STREAM_WITH_NAN)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    result = cli("data._target_=nanstream.stream", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_one_line_error(result, "data._target_ (nanstream.stream): train: batch 2 feature 'x' holds 1 non-finite")
+    assert not (tmp_path / "run").exists()

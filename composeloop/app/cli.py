@@ -2,7 +2,9 @@
 
 This module owns the command line's behaviour: the preflight (`composeloop.app.preflight`)
 runs before Hydra starts any job, so that a bad override, flag, group option, value or
-part is one line on stderr and exit 2 rather than a traceback; then Hydra runs the jobs.
+part is one line on stderr and exit 2 rather than a traceback; then the run (or sweep)
+directory is locked, before Hydra writes there, so that a second process on it is refused
+in one line and writes nothing; then Hydra runs the jobs, each locking its own directory.
 Each job starts from clean Keras/TensorFlow state and runs `composeloop.app.run`; in a
 multirun a failed job is recorded and the sweep goes on, and the exit status says whether
 every job finished (the sweep's summary is `composeloop.app.sweep`'s). A job that fails on
@@ -15,6 +17,7 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from composeloop.errors import ComposeloopError
+from composeloop.locking import RunDirectoryInUse
 
 EXIT_BAD_INPUT = 2
 EXIT_JOBS_FAILED = 1  # a multirun finished, but some of its jobs failed
@@ -43,6 +47,9 @@ def full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+_TEMPLATE = re.compile(r"\$(VALUE_TYPE|VALUE|FULL_KEY|KEY|OBJECT_TYPE|REF_TYPE)\b")  # OmegaConf's placeholders
+
+
 def one_line(error: BaseException) -> str:
     """One line for an error: its first line and that of the error it was raised from."""
     parts: list[str] = []
@@ -52,7 +59,8 @@ def one_line(error: BaseException) -> str:
         text = str(seen)
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")
         # OmegaConf chains a templated copy of its message ("Value '$VALUE' ..."): skip it.
-        if first and "$" not in first and first not in parts:
+        templated = seen is not error and _TEMPLATE.search(first)
+        if first and not templated and first not in parts:
             parts.append(first)
         # Hydra lists a group's options on tab-indented lines: keep them, they help.
         options += [line.strip() for line in text.splitlines() if line.startswith("\t") and "=" not in line]
@@ -170,7 +178,7 @@ def _job(tree: Any) -> dict[str, Any]:
             traceback.print_exc()
         line = one_line(error)
         print(f"composeloop: error: job {hydra.job.num}: {line}", file=sys.stderr, flush=True)
-        if not had_results:
+        if not had_results and not isinstance(error, RunDirectoryInUse):  # the holder's directory is not ours
             sweep.record_failure(directory, line, time.perf_counter() - started, tree.get("experiment"))
         return {"status": "failed", "error": line}
     if config.mode.value != "train":
@@ -237,6 +245,7 @@ def main(
     import hydra
 
     from composeloop.app import plugins, preflight, sweep
+    from composeloop.app.run import run_directory_lock
     from composeloop.config.store import register
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -247,22 +256,28 @@ def main(
         primary = os.path.normpath(os.path.join(os.path.dirname(caller), config_path))
     register()
     plugins.register()
+    held = contextlib.ExitStack()  # the run or sweep directory's lock, for the whole command
     try:
         command = preflight.parse(argv, primary, config_name, calling_file=__file__)
-        if not command.shows_only:
+        if command.shows_only:
+            preflight.check_overrides(command)  # Hydra's own errors for these can be tracebacks
+        else:
             with quiet_native_logs():  # a part's import may load TensorFlow
                 planned = preflight.check(command)
             _guard["run"] = DirectoryGuard(planned.run_dir)
+            argv += preflight.pinned_directory(planned)
+            held.enter_context(run_directory_lock(planned.configs[0], planned.run_dir or planned.sweep_dir))
     except Exception as error:  # composition errors come in many Hydra/OmegaConf types
         if full_errors():
             raise
         fail(one_line(error))
     app = hydra.main(config_path=command.config_path, config_name=command.config_name, version_base="1.3")(_job)
     sys.argv = [sys.argv[0], *argv]
-    try:
-        app()
-    except KeyboardInterrupt:
-        if sweep.current_sweep() is None:
-            raise
-        _end_of_sweep(interrupted=True)
-    _end_of_sweep(interrupted=False)
+    with held:
+        try:
+            app()
+        except KeyboardInterrupt:
+            if sweep.current_sweep() is None:
+                raise
+            _end_of_sweep(interrupted=True)
+        _end_of_sweep(interrupted=False)

@@ -45,6 +45,7 @@ class Run:
     program: Any
     data: Any
     started: float
+    warnings: tuple[str, ...] = ()  # shown before training (the data's); summary.json lists them
 
     def train_data(self) -> Any:
         if self.composition.train_data is not None:
@@ -112,6 +113,7 @@ def train(run: Run) -> dict[str, Any]:
         handlers=handlers,
         log_names=composition.log_names,
         images=composition.images,
+        warnings=run.warnings,
         tracker=tracker,
     )
     try:

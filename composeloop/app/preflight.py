@@ -111,7 +111,8 @@ def _jobs(hydra: Any, command: CommandLine) -> tuple[list[list[str]], Any, bool]
 
     parser = OverridesParser.create()
     overrides = command.overrides
-    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    parsed = read_overrides(hydra, overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     first = hydra.compose_config(
         command.config_name, fixed, run_mode=RunMode.RUN, with_log_configuration=False, validate_sweep_overrides=False
     )
@@ -125,6 +126,45 @@ def _jobs(hydra: Any, command: CommandLine) -> tuple[list[list[str]], Any, bool]
         return [fixed], first.hydra, True  # another sweeper: its space is its own business
     parsed = parser.parse_overrides(params + overrides)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch], first.hydra, True
+
+
+def read_overrides(hydra: Any, overrides: Sequence[str]) -> list[Any]:
+    """The overrides parsed by Hydra's grammar, with what Hydra's own messages do not name named.
+
+    Raises:
+      ConfigError: an override that does not parse, or a config group set to something other
+        than option names (null, a number, a dict): one line naming the override or the group.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as error:
+        reason = next((line.strip() for line in str(error.message).splitlines() if line.strip()), "unreadable")
+        raise ConfigError(f"{error.override}: not a valid override ({reason})") from None
+    for override in parsed:  # Hydra's own says no key ("Config group override must be a string or a list")
+        group = override.key_or_group
+        if override.is_delete() or override.value_type is None or override.is_sweep_override():
+            continue
+        value = override.value()
+        names = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        if not names and hydra.config_loader.repository.group_exists(group.replace(".", "/")):
+            options = hydra.config_loader.get_group_options(group)
+            shown = "null" if value is None else repr(value)
+            raise ConfigError(f"{group}: a config group takes an option ({', '.join(options)}), got {shown}")
+    return parsed
+
+
+def check_overrides(command: CommandLine) -> None:
+    """`read_overrides` alone: for --cfg, --help and the like, which Hydra composes itself."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = _hydra(command)
+    try:
+        read_overrides(hydra, command.overrides)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _search_example(hydra: Any, sweeper: Any, overrides: list[str]) -> list[str]:
@@ -158,6 +198,26 @@ def plan(command: CommandLine) -> Plan:
     sweep_dir = Path(str(hydra_section.sweep.dir)) if multirun else None
     run_dir = None if multirun else Path(str(hydra_section.run.dir))
     return Plan(configs, jobs, sweep_dir, run_dir, searching)
+
+
+def pinned_directory(planned: Plan) -> list[str]:
+    """The override that fixes the run (or sweep) directory to the one `planned` holds.
+
+    Hydra's default directory is spelt with ``${now:...}``: composed again when Hydra starts,
+    it may fall in the next second. The command line locks and guards the planned one, so
+    Hydra must use that one. Empty when the path does not survive Hydra's quoting.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key, directory = ("hydra.run.dir", planned.run_dir) if planned.run_dir else ("hydra.sweep.dir", planned.sweep_dir)
+    if directory is None:
+        return []
+    override = f"{key}='{str(directory).replace(chr(39), chr(92) + chr(39))}'"
+    try:
+        same = OverridesParser.create().parse_override(override).value() == str(directory)
+    except Exception:  # a path Hydra's grammar cannot spell back
+        same = False
+    return [override] if same else []
 
 
 def check(command: CommandLine) -> Plan:
@@ -207,6 +267,7 @@ def load_config(
     command = parse(argv, config_dir(), config_name, calling_file=__file__)
     hydra = _hydra(command)
     try:
+        read_overrides(hydra, command.overrides)
         return to_config(_compose(hydra, command, command.overrides))
     finally:
         GlobalHydra.instance().clear()

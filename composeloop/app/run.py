@@ -1,17 +1,19 @@
 """`run`: a validated config and a run directory -> a finished run in its mode.
 
 This module owns the order in which a run is set up, the same for every composition and
-every front door (the command line, a sweep job, a user's own script, Python): check the
-run directory (resume or refuse; a mode other than train needs a checkpoint), load the
-data (before TensorFlow, so a bad file fails fast), seed, set the precision and place the
-strategy, build the composition in the strategy's scope, compile its step once with the
-configured stages wired into every phase (weight decay, lookahead and EMA around the apply
-stage; accumulation and loss scaling), then hand it to the mode.
+every front door (the command line, a sweep job, a user's own script, Python): lock the
+run directory (one process writes there at a time), check it (resume or refuse; a mode
+other than train needs a checkpoint), load the data (before TensorFlow, so a bad file
+fails fast; streamed data's first batches checked, different class sets warned), seed,
+set the precision and place the strategy, build the composition in the strategy's scope,
+compile its step once with the configured stages wired into every phase (weight decay,
+lookahead and EMA around the apply stage; accumulation and loss scaling), then hand it to
+the mode.
 """
 
 from __future__ import annotations
 
-import sys
+import contextlib
 import time
 import warnings
 from collections.abc import Sequence
@@ -46,6 +48,43 @@ def place_strategy(config: StrategyConfig) -> Any:
     return placed
 
 
+def run_directory_lock(config: Config, directory: str | Path) -> contextlib.AbstractContextManager:
+    """The lock this process holds on `directory` while it runs `config` there.
+
+    Every process takes it but a multi-worker run's non-chief workers (they write into
+    scratch directories; the chief writes the run's). Re-entrant in one thread: the command
+    line takes it before Hydra writes anything, and `run` takes it again.
+
+    Raises:
+      RunDirectoryInUse: another process holds it (one line naming its pid and host).
+
+    Example:
+      >>> with run_directory_lock(config, "runs/a"):
+      ...     run(config, "runs/a")
+    """
+    from composeloop import cluster, locking
+
+    if config.strategy.name is StrategyKind.multi_worker:
+        task = cluster.current_task()
+        if task is not None and not task.is_chief:
+            return contextlib.nullcontext()
+    return locking.holding(directory, create=True)
+
+
+def data_warnings(data: Any, source: str) -> tuple[str, ...]:
+    """What loaded but looks wrong in the data (train and validation classes differ).
+
+    Shown (`runner.warning`) only once the run is built: a run refused on bad input says
+    so in one line, with no warning before it.
+    """
+    from composeloop.parts.checks import class_set_difference
+
+    if not hasattr(data, "y_val"):
+        return ()  # streamed: not in memory to compare
+    note = class_set_difference(data.y_train, data.y_val, source)
+    return (note,) if note else ()
+
+
 def check_directory(config: Config, directory: Path) -> None:
     """What a directory must (not) hold for this run, checked before anything is written."""
     if config.mode is Mode.train:
@@ -56,9 +95,10 @@ def check_directory(config: Config, directory: Path) -> None:
         modes.check_checkpoint(config, directory)
 
 
-def _compiled(composition: Any, config: Config, strategy: Any) -> Any:
+def _compiled(composition: Any, config: Config, strategy: Any) -> tuple[Any, tuple[str, ...]]:
     """The composition's step with the configured stages wired into every phase, compiled
-    once. A mask pattern that picks no variable is one warning line (`MaskWarning`)."""
+    once, and the run's warnings from building it (a mask pattern that picks no variable:
+    `MaskWarning`)."""
     from composeloop.engine.compile import compile_step
     from composeloop.step.groups import MaskWarning
 
@@ -70,12 +110,13 @@ def _compiled(composition: Any, config: Config, strategy: Any) -> Any:
             program = compile_step(step, **runner.compile_options(config, strategy))
         except ValueError as error:  # a stage refusing the phase's variables (a mask that fits none)
             raise ComposeError(str(error).splitlines()[0]) from None
+    notes = []
     for seen in caught:
         if issubclass(seen.category, MaskWarning):
-            print(f"composeloop: warning: {seen.message}", file=sys.stderr, flush=True)
+            notes.append(str(seen.message))
         else:  # not ours to reword
             warnings.warn_explicit(seen.message, seen.category, seen.filename, seen.lineno)
-    return program
+    return program, tuple(notes)
 
 
 def run(
@@ -98,7 +139,8 @@ def run(
       The run's summary (train) or result (the other modes).
 
     Raises:
-      ComposeloopError: a bad config, data, composition or checkpoint, in one line.
+      ComposeloopError: a bad config, data, composition or checkpoint, in one line;
+        `composeloop.locking.RunDirectoryInUse` when another process runs in `directory`.
 
     Example:
       >>> summary = run(to_config(compose(config_name="config", overrides=["train.epochs=2"])), "runs/a")
@@ -106,12 +148,20 @@ def run(
     """
     started = time.perf_counter()
     directory = Path(directory)
+    with run_directory_lock(config, directory):  # held until the mode has written everything
+        return _run(config, directory, overrides, parts, started)
+
+
+def _run(config: Config, directory: Path, overrides: Sequence[str], parts: Parts, started: float) -> dict[str, Any]:
+    from composeloop.parts.data import as_data, check_streamed
+
     check_directory(config, directory)
     data = parts.data if parts.data is not None else build.load_data(config.data, config.seed)
     if parts.data is not None:
-        from composeloop.parts.data import as_data
-
         data = as_data(data, "parts.data")
+    source = "parts.data" if parts.data is not None else build.data_source(config.data)
+    check_streamed(data, config.data.check_batches, source)  # arrays were checked whole at load
+    notes = data_warnings(data, source)
 
     import keras
 
@@ -123,6 +173,7 @@ def run(
     outputs = strategies.output_directory(placed.strategy, directory)  # only the chief writes the run's
     with placed.strategy.scope():
         composition = build_composition(config, data, overrides=overrides, given=parts)
-    program = _compiled(composition, config, placed.strategy)
-    prepared = modes.Run(config, directory, outputs, composition, program, data, started)
+    program, build_notes = _compiled(composition, config, placed.strategy)
+    shown = tuple(runner.warning(note) for note in (*notes, *build_notes))
+    prepared = modes.Run(config, directory, outputs, composition, program, data, started, shown)
     return modes.MODES[config.mode](prepared)

@@ -4,16 +4,20 @@ This module owns what every composition shares once its program is compiled: whi
 directories may be used (``resume=auto|never``), restoring the latest checkpoint and the
 history it has seen, the loop services a config switches on (NaN policy, stop signals,
 progress, metric files, tracking, TensorBoard, the composition's own handlers, a search
-trial's pruning, early stopping, checkpoints, curves.png) in the order they must run, and
-the part of summary.json that every run has. It does not build parts (`composeloop.config.build`, the composition) nor
-choose what a mode does (`composeloop.app.modes`).
+trial's pruning, early stopping, checkpoints, curves.png) in the order they must run, the
+part of summary.json that every run has, and the run's warnings: each one line on stderr
+(``composeloop: warning: ...``) and listed in summary.json (``warnings``). It does not
+build parts (`composeloop.config.build`, the composition) nor choose what a mode does
+(`composeloop.app.modes`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,13 @@ def exit_code(summary: Mapping[str, Any]) -> int:
         return 0
     name = summary.get("signal")
     return 128 + int(signal.Signals[name]) if name else 1
+
+
+def warning(text: str) -> str:
+    """Shows a run's warning as one line on stderr; returns it (for summary.json's ``warnings``)."""
+    text = text.removeprefix("composeloop: ")
+    print(f"composeloop: warning: {text}", file=sys.stderr, flush=True)
+    return text
 
 
 def compile_options(config: Config, strategy: Any = None) -> dict[str, Any]:
@@ -94,7 +105,8 @@ class Training:
     """What the runner trains: a program, its data, and the composition's own extras.
 
     `log_names` shortens log keys in the files and console (e.g. ``train_d_loss`` ->
-    ``d_loss``); `images` gives TensorBoard sample images each epoch.
+    ``d_loss``); `images` gives TensorBoard sample images each epoch; `warnings` are those
+    the run has shown before training (summary.json lists them with the resume's own).
     """
 
     program: Any
@@ -104,6 +116,23 @@ class Training:
     log_names: Mapping[str, str] = attrs.field(factory=dict)
     images: Callable[[Any], Any] | None = None
     tracker: Any = None  # a `composeloop.app.tracking.Tracker` (the chief's, with tracking=mlflow)
+    warnings: Sequence[str] = ()
+
+
+def _restore_latest(checkpoints: Any, state: Any) -> list[str]:
+    """Restores the latest readable checkpoint; its warnings (unreadable ones skipped) as lines."""
+    from composeloop.engine.checkpoint import CheckpointWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
+        checkpoints.restore_latest(state)
+    shown = []
+    for seen in caught:
+        if issubclass(seen.category, CheckpointWarning):
+            shown.append(warning(str(seen.message)))
+        else:  # not ours to reword: shown as Python shows it
+            warnings.warn_explicit(seen.message, seen.category, seen.filename, seen.lineno)
+    return shown
 
 
 def _renamer(names: Mapping[str, str]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
@@ -131,7 +160,8 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
         restore_from=checkpoint_directory(config, restore_from or directory),
     )
     state = events.RunState(program, config.train.epochs)
-    checkpoints.restore_latest(state)  # position and history; metric files are rewritten from it
+    resumed = _restore_latest(checkpoints, state)  # position and history; metric files are rewritten from it
+    state.extras["warnings"] = [*training.warnings, *resumed]
     signals = stopping.SignalStop()
     rename = _renamer(training.log_names)
 
@@ -211,7 +241,8 @@ def summary(
     declared_main: str | None = None,
 ) -> dict[str, Any]:
     """The part of summary.json every run has: status, progress, final metrics, counters,
-    the main metric and each metric's direction (by the one higher-is-better rule)."""
+    the main metric and each metric's direction (by the one higher-is-better rule), and the
+    run's warnings."""
     from composeloop.engine.stopping import best_epoch
 
     program = state.program
@@ -240,6 +271,7 @@ def summary(
         "nonfinite_steps": int(program.nonfinite_steps.numpy()),
         "withheld_updates": int(program.withheld_updates.numpy()),
         "resumed_from_step": state.extras.get("resumed_from_step"),
+        "warnings": list(state.extras.get("warnings", [])),
         **({"signal": state.extras["signal"]} if "signal" in state.extras else {}),
         "traces": program.trace_counts,
         "wall_s": time.perf_counter() - started,

@@ -65,6 +65,15 @@ def load_data(config: DataConfig, seed: int) -> datasets.ArrayData | datasets.Da
     )
 
 
+def data_source(config: DataConfig) -> str:
+    """How messages name where the configured data come from (``data.path: mnist.npz``)."""
+    if config._target_:
+        return f"data._target_ ({config._target_})"
+    if config.path and config.source not in (DataSource.digits, DataSource.synthetic):
+        return f"data.path: {config.path}"  # files: the path says more than the source's name
+    return f"data.source={config.source.value}"
+
+
 def build_model(config: ModelConfig, data: Any) -> Any:
     """The configured model, built for the data's example shape and classes.
 

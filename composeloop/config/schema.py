@@ -35,6 +35,9 @@ from composeloop.vocabulary import Direction, GanLoss, Mode, NanPolicy, Precisio
 INT32_MAX = 2**31 - 1  # counts TensorFlow holds in int32 (and sizes of tensors' dimensions)
 INT64_MAX = 2**63 - 1  # counts TensorFlow holds in int64 (steps)
 SEED_MAX = 2**32 - 1  # NumPy's and Keras's seeds are 32-bit
+FLOAT32_MAX = 3.4028234663852886e38  # rates, norms and weights end up in float32 tensors
+FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal: a smaller positive value acts as 0
+EXAMPLE_VALUES_MAX = 2**24  # values in one example (16M: a 4096 x 4096 image)
 
 
 class InvalidValue(ValueError):
@@ -56,6 +59,8 @@ def _check(test: Callable[[Any], bool], requirement: str, optional: bool = False
             return
         if _number(value) and isinstance(value, float) and not math.isfinite(value):
             raise InvalidValue(attribute.name, f"must be finite ({requirement}), got {value!r}")
+        if _number(value) and isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise InvalidValue(attribute.name, f"must be {requirement} and at most 3.4e38 (float32), got {value!r}")
         if not _number(value) or not test(value):
             raise InvalidValue(attribute.name, f"must be {requirement}, got {value!r}")
 
@@ -68,8 +73,20 @@ def count(low: int, high: int = INT32_MAX, optional: bool = False) -> Callable:
     return _check(lambda v: isinstance(v, int) and low <= v <= high, requirement, optional)
 
 
-positive = _check(lambda v: v > 0, "> 0")
-optional_positive = _check(lambda v: v > 0, "> 0", optional=True)
+def _positive(optional: bool = False) -> Callable:
+    """> 0 as float32 sees it: a rate or norm below its smallest normal acts as 0 (a clip to 0 gives NaN)."""
+    above_zero = _check(lambda v: v > 0, "> 0", optional)
+
+    def validator(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        above_zero(instance, attribute, value)
+        if value is not None and value < FLOAT32_TINY:
+            raise InvalidValue(attribute.name, f"must be > 0 in float32 (at least 1.2e-38), got {value!r}")
+
+    return validator
+
+
+positive = _positive()
+optional_positive = _positive(optional=True)
 non_negative = _check(lambda v: v >= 0, ">= 0")
 optional_non_negative = _check(lambda v: v >= 0, ">= 0", optional=True)
 unit_interval_open = _check(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
@@ -89,8 +106,13 @@ optional_image_size = _check(_image_size_ok, _POWER_OF_TWO_TIMES_4, optional=Tru
 
 
 def example_shape(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not value or not all(isinstance(d, int) and 1 <= d <= 65536 for d in value):
-        raise InvalidValue(attribute.name, f"must be a non-empty list of sizes in [1, 65536], got {list(value or [])}")
+    sizes = [d for d in value or [] if isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 65536]
+    if not value or len(sizes) != len(value) or math.prod(sizes) > EXAMPLE_VALUES_MAX:
+        raise InvalidValue(
+            attribute.name,
+            f"must be a non-empty list of sizes in [1, 65536] holding at most {EXAMPLE_VALUES_MAX} values in all, "
+            f"got {list(value or [])}",
+        )
 
 
 def optional_import_path(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -155,6 +177,7 @@ class DataConfig:
     synthetic_examples: int = attrs.field(default=256, validator=count(2, 10_000_000))
     synthetic_shape: List[int] = attrs.field(default=[8, 8], validator=example_shape)  # noqa: UP006
     synthetic_classes: int = attrs.field(default=10, validator=count(2, 1_000_000))
+    check_batches: int = attrs.field(default=4, validator=count(0, INT32_MAX))  # streamed data: NaN/Inf check; 0: off
     args: Dict[str, Any] = {}  # noqa: UP006 - not a key: the section's other keys, the target's arguments
 
 

@@ -10,6 +10,7 @@ keys the record knows are typed and validated, the others are its target's argum
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -70,6 +71,8 @@ def to_config(tree: Any) -> Config:
         plain = OmegaConf.to_container(tree, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as missing:
         raise ConfigError(f"{missing.full_key}: a value is required (set {missing.full_key}=...)") from None
+    except OmegaConfBaseException as error:  # an interpolation that does not resolve (${oc.env:UNSET})
+        raise ConfigError(f"{error.full_key}: {_first_line(error)}") from None
     if not isinstance(plain, dict):
         raise ConfigError(f"the composed config is a {type(plain).__name__}, not a mapping of sections")
     sections = {name: _open_section(name, plain.pop(name, {})) for name in TARGET_SECTIONS}
@@ -85,6 +88,23 @@ def to_config(tree: Any) -> Config:
     return config
 
 
+SYNTHETIC_VALUES_MAX = 2**28  # 1 GiB of float32: a synthetic set is for tests and smoke runs
+
+
+def _check_synthetic_size(data: Any) -> None:
+    """The synthetic set's examples (and class prototypes) times their shape, bounded."""
+    if data._target_ is not None or data.source is not DataSource.synthetic:
+        return
+    values = math.prod(data.synthetic_shape)
+    for key in ("synthetic_examples", "synthetic_classes"):
+        total = getattr(data, key) * values
+        if total > SYNTHETIC_VALUES_MAX:
+            raise ConfigError(
+                f"data.{key}: {getattr(data, key)} of shape {list(data.synthetic_shape)} hold {total} values; "
+                f"a synthetic set holds at most {SYNTHETIC_VALUES_MAX} (1 GiB): make it smaller, or use data=npz"
+            )
+
+
 def _check_across_sections(config: Config) -> None:
     """Checks that involve more than one field, which no single validator can see."""
     from composeloop.config.build import check_cluster
@@ -92,6 +112,7 @@ def _check_across_sections(config: Config) -> None:
     # OmegaConf lets the schema's `path: None` win over the group's `???`, so check here.
     if config.data._target_ is None and config.data.source is DataSource.npz and not config.data.path:
         raise ConfigError("data.path: data=npz needs a file: set data.path=FILE.npz")
+    _check_synthetic_size(config.data)
     optimizer = config.optimizer
     schedule = parts.check_schedule(optimizer.schedule)
     if schedule not in (None, Schedule.constant) and optimizer.min_learning_rate >= optimizer.learning_rate:

@@ -21,7 +21,7 @@ import attrs
 import numpy as np
 
 from composeloop.errors import DataError
-from composeloop.parts.checks import check_finite, nonfinite_counts
+from composeloop.parts.checks import check_finite, check_first_batches, nonfinite_counts
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _LABEL_MAX = np.iinfo(np.int32).max
@@ -245,8 +245,16 @@ def synthetic(
     return _split(x, labels, val_fraction, seed)
 
 
-def check_labels(data: ArrayData, num_classes: int) -> None:
-    """Raises a `DataError` when any label falls outside ``[0, num_classes)``."""
+def check_labels(data: ArrayData | Datasets, num_classes: int) -> None:
+    """Raises a `DataError` when any label falls outside ``[0, num_classes)``, or when there
+    are no classes to build a classifier for (streamed data declaring none, unconfigured)."""
+    if num_classes < 1:
+        raise DataError(
+            f"model.num_classes: the data declare no classes (num_classes={num_classes}); "
+            "set model.num_classes=N (or Datasets.num_classes)"
+        )
+    if isinstance(data, Datasets):
+        return  # streamed labels are not in memory to check
     for split, labels in (("train", data.y_train), ("validation", data.y_val)):
         if labels.size and labels.max() >= num_classes:
             raise DataError(
@@ -333,6 +341,27 @@ class Datasets:
     validation: Callable[[], Any] | None = None
     example_shape: tuple[int, ...] = attrs.field(default=(), converter=tuple)
     num_classes: int = 0
+
+
+def check_streamed(data: ArrayData | Datasets, batches: int, source: str) -> None:
+    """Checks the first `batches` batches of streamed data for NaN/Inf features (0: no check).
+
+    The hook the application calls for every data source it loads: arrays were checked
+    whole when loaded, so only streams (`Datasets`: a user's, TFRecord, image directories)
+    are read here, epoch 0's training batches and the validation batches; the training
+    loop's NaN policy catches what comes later.
+
+    Raises:
+      DataError: ``"<source>: train: batch 1 feature 'x' holds 3 non-finite values ..."``.
+
+    Example:
+      >>> check_streamed(Datasets(lambda epoch: dataset), 4, "data._target_ (my.data)")
+    """
+    if not isinstance(data, Datasets) or batches < 1:
+        return
+    check_first_batches(data.train(0), batches, f"{source}: train")
+    if data.validation is not None:
+        check_first_batches(data.validation(), batches, f"{source}: validation")
 
 
 def as_data(value: Any, source: str) -> ArrayData | Datasets:
