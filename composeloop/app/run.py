@@ -3,9 +3,10 @@
 This module owns the order in which a run is set up, the same for every composition and
 every front door (the command line, a sweep job, a user's own script, Python): check the
 run directory (resume or refuse; a mode other than train needs a checkpoint), load the
-data (before TensorFlow, so a bad file fails fast), seed, set the precision and place the
-strategy, build the composition in the strategy's scope, compile its step once with
-accumulation and loss scaling wired in, then hand it to the mode.
+data (arrays before TensorFlow, so a bad file fails fast), seed, set the precision and
+place the strategy, load data streamed from files (each worker of several reads its own),
+build the composition in the strategy's scope, compile its step once with accumulation
+and loss scaling wired in, then hand it to the mode. Notes are printed once, by the chief.
 """
 
 from __future__ import annotations
@@ -29,17 +30,33 @@ def place_strategy(config: StrategyConfig) -> Any:
 
     The CLI calls this before anything touches a device (logical CPUs and multi-worker
     collectives must be set up before TensorFlow initialises); later calls get the same one.
+    Over several workers only the chief prints.
 
     Returns:
       A `composeloop.engine.strategies.Placed` (``.strategy``, ``.replicas``, ``.note``).
+
+    Raises:
+      ConfigError: a bad cluster environment (naming the variable) or devices;
+        ClusterError: a worker did not join within ``strategy.connect_timeout_s``.
     """
     from composeloop.engine import strategies
 
-    placed = strategies.place(config.name.value, config.devices, config.logical_cpus)
-    if config.name is not StrategyKind.default and placed.note not in _announced:
-        _announced.add(placed.note)
-        print(f"composeloop: {placed.note}", flush=True)
+    placed = strategies.place(
+        config.name.value, config.devices, config.logical_cpus, config.cluster, config.connect_timeout_s
+    )
+    if config.name is not StrategyKind.default:
+        announce(placed.note, placed.strategy)
     return placed
+
+
+def announce(note: str, strategy: Any) -> None:
+    """Prints `note` once per process, and only on the chief of a multi-worker run."""
+    from composeloop.engine.strategies import is_chief
+
+    if note and note not in _announced:
+        _announced.add(note)
+        if is_chief(strategy):
+            print(f"composeloop: {note}", flush=True)
 
 
 def check_directory(config: Config, directory: Path) -> None:
@@ -79,24 +96,37 @@ def run(
     started = time.perf_counter()
     directory = Path(directory)
     check_directory(config, directory)
-    data = parts.data if parts.data is not None else build.load_data(config.data, config.seed)
+    data = None
     if parts.data is not None:
         from composeloop.parts.data import as_data
 
-        data = as_data(data, "parts.data")
+        data = as_data(parts.data, "parts.data")
+    elif not build.reads_files(config.data):
+        data = build.load_data(config.data, config.seed)  # arrays: before TensorFlow, so a bad file fails fast
 
     import keras
+    import tensorflow as tf
 
     from composeloop.engine import strategies
     from composeloop.engine.compile import compile_step
+    from composeloop.parts.streams import bad_record
 
     keras.utils.set_random_seed(config.seed)
     build.set_precision(config.train.precision)
     placed = place_strategy(config.strategy)
+    if data is None:  # files: each worker of several reads its own, so found once the strategy is
+        data = build.load_data(config.data, config.seed, placed.strategy)
+    announce(getattr(data, "description", ""), placed.strategy)
     outputs = strategies.output_directory(placed.strategy, directory)  # only the chief writes the run's
     with placed.strategy.scope():
         composition = build_composition(config, data, overrides=overrides, given=parts)
     step = build.adapt_step(composition.step, config.train)
     program = compile_step(step, **runner.compile_options(config, placed.strategy))
     prepared = modes.Run(config, directory, outputs, composition, program, data, started)
-    return modes.MODES[config.mode](prepared)
+    try:
+        return modes.MODES[config.mode](prepared)
+    except tf.errors.InvalidArgumentError as error:  # a streamed record of another shape names its file
+        bad = bad_record(error)
+        if bad is None:
+            raise
+        raise bad from None

@@ -244,8 +244,16 @@ def synthetic(
     return _split(x, labels, val_fraction, seed)
 
 
-def check_labels(data: ArrayData, num_classes: int) -> None:
-    """Raises a `DataError` when any label falls outside ``[0, num_classes)``."""
+def check_labels(data: ArrayData | Datasets, num_classes: int) -> None:
+    """Raises a `DataError` when any label falls outside ``[0, num_classes)`` (for streamed
+    data: when they declare more classes than that)."""
+    if isinstance(data, Datasets):
+        if data.num_classes > num_classes:
+            raise DataError(
+                f"labels outside the model's classes: the data hold {data.num_classes} classes "
+                f"but model.num_classes={num_classes}"
+            )
+        return
     for split, labels in (("train", data.y_train), ("validation", data.y_val)):
         if labels.size and labels.max() >= num_classes:
             raise DataError(
@@ -288,12 +296,18 @@ class Datasets:
       validation: () -> validation batches, or None for no validation.
       example_shape: the shape of one example (what a model is built for).
       num_classes: how many classes the labels hold, if the data are labelled.
+      examples: training examples per epoch, if known (a learning-rate schedule decays
+        over the updates they make).
+      description: one line on how the data are read (e.g. files shared out over
+        workers), shown once when a run starts; empty: nothing to say.
     """
 
     train: Callable[[int], Any]
     validation: Callable[[], Any] | None = None
     example_shape: tuple[int, ...] = attrs.field(default=(), converter=tuple)
     num_classes: int = 0
+    examples: int | None = None
+    description: str = ""
 
 
 def as_data(value: Any, source: str) -> ArrayData | Datasets:
