@@ -171,3 +171,23 @@ def resolve(kind: Cluster | str = Cluster.auto, environ: Mapping[str, str] | Non
         step = slurm_step(environ)
         return Membership(Cluster.slurm, slurm_task(step), step)
     return Membership(Cluster.tf_config, require_task(environ))
+
+
+def is_chief_process(kind: Cluster | str = Cluster.auto, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is the chief of the cluster its environment describes, without
+    TensorFlow: True outside any cluster, and for a malformed environment (whose error the
+    strategy reports). Where only the chief may act before the strategy exists: Hydra's record
+    of the config in the run directory, a run directory put back after bad input.
+
+    Example:
+      >>> worker_1 = '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}'
+      >>> is_chief_process("auto", {"TF_CONFIG": worker_1})
+      False
+    """
+    environ = os.environ if environ is None else environ
+    if not described(environ):
+        return True
+    try:
+        return resolve(kind, environ).task.is_chief
+    except ConfigError:
+        return True

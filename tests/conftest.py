@@ -1,4 +1,5 @@
-"""Shared test settings: Hypothesis profiles, quiet TensorFlow, tiny data, the local SLURM cluster."""
+"""Shared test settings: Hypothesis profiles, quiet TensorFlow, tiny data, the local SLURM cluster,
+and the one-process run that multi-device and multi-worker runs must end equal to."""
 
 from __future__ import annotations
 
@@ -49,3 +50,20 @@ def slurm_cluster() -> None:
         pytest.skip(f"SLURM cannot be installed here: {lines[-1] if lines else installed.returncode}")
     started = _slurm_script("start", 300)
     assert started.returncode == 0, f"scripts/slurm-cluster.sh start failed: {started.stdout}{started.stderr}"
+
+
+# The run every multi-device and multi-worker test repeats: 450 training examples in global
+# batches of 9 (50 steps an epoch; 9 never splits evenly over 2 replicas), 2 epochs.
+MULTI_RUN = ("data=synthetic", "data.synthetic_examples=600", "data.batch_size=9", "train.epochs=2", "optimizer=sgd")
+
+
+@pytest.fixture(scope="session")
+def one_process_weights(tmp_path_factory) -> list:
+    """The final weights of MULTI_RUN on one device, in this process (the CLI's code, without its start-up)."""
+    import keras
+
+    from composeloop.app import load_config, run
+
+    directory = tmp_path_factory.mktemp("one-process")
+    assert run(load_config(list(MULTI_RUN)), directory)["replicas"] == 1
+    return keras.saving.load_model(directory / "model.keras").get_weights()

@@ -10,34 +10,66 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
-from test_multiworker import RUN, assert_same_weights, reference, summary  # noqa: F401 (reference: a fixture)
+from conftest import MULTI_RUN
+from test_multiworker import assert_same_weights, started, summary, without_cluster
+from test_stops import checkpoints, signal_after_the_first_epoch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 
-def environment() -> dict[str, str]:
-    """This environment without a TF_CONFIG (srun's tasks must find their cluster in SLURM's)."""
-    return {key: value for key, value in os.environ.items() if key not in ("TF_CONFIG", "HYDRA_FULL_ERROR")}
+def task_pid(job_name: str, rank: int) -> int:
+    """The pid of task `rank` of the running job step named `job_name` (scontrol listpids)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = subprocess.run(["squeue", "-h", "-n", job_name, "-o", "%i"], capture_output=True, text=True).stdout
+        listed = subprocess.run(["scontrol", "listpids", job.strip()], capture_output=True, text=True).stdout
+        pids = [row.split() for row in listed.splitlines()[1:]]
+        found = [int(row[0]) for row in pids if len(row) == 5 and row[4] == str(rank)]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no task {rank} in job {job_name}")
 
 
-def test_srun_with_two_tasks_trains_two_workers_to_the_one_process_weights(tmp_path, reference):  # noqa: F811
-    directory = tmp_path / "run"
-    command = ["srun", "-N1", "-n2", "--kill-on-bad-exit=1", sys.executable, "-m", "composeloop"]
-    command += ["+experiment=multi_gpu", "strategy=multi_worker", *RUN, f"hydra.run.dir={directory}"]
-    result = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    notes = sorted(line for line in result.stdout.splitlines() if "MultiWorkerMirroredStrategy" in line)
-    assert [note.split(" (cluster from SLURM job step ")[0] for note in notes] == [
-        f"composeloop: MultiWorkerMirroredStrategy: worker {index} of 2 workers, 2 replicas" for index in (0, 1)
-    ], result.stdout
-    assert summary(directory)["replicas"] == 2
-    assert_same_weights(directory, reference)
+def test_srun_two_tasks_stop_together_on_sigusr1_to_one_and_resume_to_the_one_process_weights(
+    tmp_path, one_process_weights
+):
+    """No TF_CONFIG: each task finds its place in srun's variables (strategy.cluster=auto)."""
+    directory, name = tmp_path / "run", f"composeloop-{uuid.uuid4().hex[:8]}"
+    command = ["srun", "-N1", "-n2", f"--job-name={name}", sys.executable, "-m", "composeloop"]
+    command += ["+experiment=multi_gpu", "strategy=multi_worker", *MULTI_RUN, f"hydra.run.dir={directory}"]
+
+    first = started(command, tmp_path)
+    output = signal_after_the_first_epoch(first, "epoch 1/", lambda: os.kill(task_pid(name, 1), signal.SIGUSR1))
+    # srun exits with its tasks' status: 128 + SIGUSR1, what an sbatch script requeues on.
+    assert first.returncode == 128 + signal.SIGUSR1, output
+    notes = [line for line in output.splitlines() if "MultiWorkerMirroredStrategy" in line]
+    assert len(notes) == 1 and notes[0].startswith(
+        "composeloop: MultiWorkerMirroredStrategy: worker 0 of 2 workers, 2 replicas (cluster from SLURM job step "
+    ), output  # the chief alone speaks
+    stopped_at = summary(directory)["steps"]
+    assert 50 < stopped_at < 100 and summary(directory)["signal"] == "SIGUSR1", output
+    assert f"interrupted (SIGUSR1 on another worker at step {stopped_at})" in output
+    assert checkpoints(directory) == [50, stopped_at], output
+    assert sorted(path.name for path in (directory / ".hydra").iterdir()) == [
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+    ]
+    rerun = started(command, tmp_path)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output
+    done = summary(directory)
+    assert (done["resumed_from_step"], done["steps"], done["replicas"]) == (stopped_at, 100, 2), output
+    assert_same_weights(directory, one_process_weights)
 
 
 def job_states(job: str, timeout: float = 60) -> dict[str, str]:
@@ -53,10 +85,17 @@ def job_states(job: str, timeout: float = 60) -> dict[str, str]:
         time.sleep(1)
 
 
-def sweep(directory: Path, *args: str) -> subprocess.CompletedProcess:
+def sweep(
+    directory: Path, *args: str, examples: int = 64, wait: bool = True
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """A sweep through Hydra's submitit launcher into `directory` (run, or started when not `wait`)."""
     command = [sys.executable, "-m", "composeloop", "-m", "hydra/launcher=submitit_slurm", *args]
-    command += ["data.synthetic_examples=64", f"hydra.sweep.dir={directory}"]
-    return subprocess.run(command, cwd=directory.parent, env=environment(), capture_output=True, text=True, timeout=600)
+    command += [f"data.synthetic_examples={examples}", f"hydra.sweep.dir={directory}"]
+    if not wait:
+        return started(command, directory.parent)
+    return subprocess.run(
+        command, cwd=directory.parent, env=without_cluster(), capture_output=True, text=True, timeout=600
+    )
 
 
 def test_a_submitit_sweep_runs_each_job_through_slurm_records_failures_and_resumes(tmp_path):
@@ -86,14 +125,49 @@ def test_a_submitit_sweep_runs_each_job_through_slurm_records_failures_and_resum
     assert (resumed["status"], resumed["epochs"], resumed["resumed_from_step"]) == ("completed", 2, 2)
 
 
-def test_a_submitit_job_with_two_tasks_per_node_is_a_two_worker_run(tmp_path):
+def job_logs(directory: Path, kind: str = "out") -> str:
+    return "".join(path.read_text() for path in sorted((directory / ".submitit").glob(f"*/*_log.{kind}")))
+
+
+def test_a_two_task_submitit_job_stops_on_sigusr2_is_requeued_and_resumes_to_the_one_process_weights(
+    tmp_path, one_process_weights
+):
+    """A sweep job of 2 tasks is a 2-worker run; submitit's warning (SIGUSR2, before a time limit or
+    on pre-emption) stops both at one step, the chief checkpoints, then submitit's own handler
+    requeues the job, which resumes there."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install composeloop[slurm]")
     directory = tmp_path / "sweep"
-    args = ("hydra.launcher.tasks_per_node=2", "+experiment=multi_gpu", "strategy=multi_worker", "data=synthetic")
-    result = sweep(directory, *args, "seed=0", "train.epochs=1")
-    assert result.returncode == 0, result.stdout + result.stderr
-    logs = "".join(path.read_text() for path in (directory / ".submitit").glob("*/*_log.out"))
-    assert sorted(line.split(" (")[0] for line in logs.splitlines() if "MultiWorkerMirroredStrategy" in line) == [
-        f"composeloop: MultiWorkerMirroredStrategy: worker {index} of 2 workers, 2 replicas" for index in (0, 1)
-    ]
-    assert summary(directory / "0")["replicas"] == 2
+    args = ["hydra.launcher.tasks_per_node=2", "+experiment=multi_gpu", "strategy=multi_worker", *MULTI_RUN]
+    running = sweep(
+        directory, *[a for a in args if not a.startswith("data.synthetic_examples")], examples=600, wait=False
+    )
+    deadline = time.monotonic() + 300
+    while "epoch 1/" not in job_logs(directory) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job = next((directory / ".submitit").glob("*/*_0_log.out")).name.split("_0_log")[0]  # an array task: ID_0
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    while (
+        "PENDING" not in subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
+    ):
+        assert time.monotonic() < deadline and running.poll() is None, job_logs(directory) + job_logs(directory, "err")
+        time.sleep(0.2)
+    stopped = summary(directory / "0")
+    # SLURM holds a requeued job back for two minutes or so: let it start now.
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    output, _ = running.communicate(timeout=600)
+    assert running.returncode == 0, output + job_logs(directory) + job_logs(directory, "err")
+    assert (stopped["status"], stopped["signal"]) == ("interrupted", "SIGUSR2") and 50 < stopped["steps"] < 100
+    logs = job_logs(directory)
+    assert f"Requeued job {job}" in logs
+    notes = [line.split(" (")[0] for line in logs.splitlines() if "MultiWorkerMirroredStrategy" in line]
+    assert notes == ["composeloop: MultiWorkerMirroredStrategy: worker 0 of 2 workers, 2 replicas"] * 2  # twice started
+    done = summary(directory / "0")
+    assert (done["status"], done["resumed_from_step"], done["steps"], done["replicas"]) == (
+        "completed",
+        stopped["steps"],
+        100,
+        2,
+    )
+    with open(directory / "sweep_summary.csv") as handle:
+        assert [row["status"] for row in csv.DictReader(handle)] == ["completed"]
+    assert_same_weights(directory / "0", one_process_weights)

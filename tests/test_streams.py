@@ -1,28 +1,21 @@
 """Data streamed from files: TFRecord shards and image folders, their order, resume, bad input.
 
 Every example's index is written into x[0] (scaled by 1/1000), so a stream's batches can
-be checked against `stream_order`, the NumPy statement of the order. The 2-worker test
-runs tests/stream_worker.py twice (interrupted mid-epoch, then resumed) and compares the
-weights with an in-memory run of `read_all`'s arrays in `global_batches`' order.
+be checked against `stream_order`, the NumPy statement of the order. What each worker of a
+FILE-sharded run reads is checked here in-process; the 2-worker run itself, interrupted
+mid-epoch, resumed and compared with the in-memory run, is test_data_files_cli's.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from builders import tiny_model, tiny_step
 
-from composeloop.cluster import local_tf_configs
-from composeloop.engine import compile_step, run_loop
 from composeloop.errors import DataError
-from composeloop.launch import free_ports
 from composeloop.parts import datafiles, streams
 from composeloop.parts.images import png_bytes
 from composeloop.parts.to_tfrecord import main as to_tfrecord
@@ -45,6 +38,15 @@ def write(path: Path, x: np.ndarray, y: np.ndarray) -> None:
                 "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
             }
             writer.write(tf.train.Example(features=tf.train.Features(feature=record)).SerializeToString())
+
+
+def write_shards(directory: Path, counts: Sequence[int], validation: Sequence[int] = (), seed: int = 0) -> None:
+    """``train-NN.tfrecord`` shards of `counts` examples (in order), then ``val-N`` ones of `validation`."""
+    x, y = examples(sum(counts) + sum(validation), seed=seed)
+    names = [f"train-{i:02d}" for i in range(len(counts))] + [f"val-{i}" for i in range(len(validation))]
+    starts = np.cumsum((0, *counts, *validation))
+    for name, start, end in zip(names, starts[:-1], starts[1:], strict=True):
+        write(directory / f"{name}.tfrecord", x[start:end], y[start:end])
 
 
 @pytest.fixture(scope="module")
@@ -217,52 +219,23 @@ def test_a_record_of_another_shape_deep_in_a_file_names_the_file(tmp_path):
         list(streams.stream(files, 4, shuffle=False))
 
 
-@pytest.mark.slow
-def test_two_workers_read_disjoint_files_resume_mid_epoch_and_equal_the_in_memory_run(tmp_path, shards, files):
-    script = Path(__file__).with_name("stream_worker.py")
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-
-    def run_workers(stop_at: int) -> list[str]:
-        configs = local_tf_configs(free_ports(2))
-        workers = [
-            subprocess.Popen(
-                [sys.executable, str(script), str(shards / "part-*.tfrecord"), str(tmp_path), str(stop_at)],
-                env={**env, "TF_CONFIG": config},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for config in configs
+def test_two_workers_read_disjoint_files_in_stream_order_and_make_the_global_batches(files):
+    """What each worker of a FILE-sharded run reads (``PerWorker.make(worker, 2)``), in-process;
+    the 2-worker run through the command line is test_data_files_cli's."""
+    uneven = []
+    for epoch in (0, 1):
+        sharded = streams.per_worker_stream(files, 8, 0, epoch, workers=2)
+        seen = [sum(indices(sharded.make(worker, 2)), []) for worker in (0, 1)]
+        assert seen == [list(streams.stream_order(files, 0, epoch, workers=2, worker=w)) for w in (0, 1)]
+        assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(100))
+        # A step's global batch: worker 0's per-replica batch, then worker 1's (an empty one when it has run out).
+        batches = [[batch[i : i + 4] for i in range(0, len(batch), 4)] for batch in seen]
+        expected = [
+            np.concatenate([b[step] for b in batches if step < len(b)]).tolist() for step in range(sharded.steps)
         ]
-        outputs = [worker.communicate(timeout=300)[0] for worker in workers]
-        assert [worker.returncode for worker in workers] == [0, 0], outputs
-        return outputs
-
-    steps = [len(streams.global_batches(files, 8, 0, epoch, workers=2)) for epoch in (0, 1)]
-    assert steps[0] > 9  # the workers' shares differ (uneven shards): the longer one sets an epoch's steps
-    first = run_workers(stop_at=9)
-    assert all("data: 10 files sharded by FILE over 2 workers (each reads its own)" in out for out in first)
-    assert [f"worker {w}: interrupted at epoch 0 batch 9 step 9" in first[w] for w in (0, 1)] == [True, True], first
-    seen = [json.loads((tmp_path / f"seen-{w}.json").read_text()) for w in (0, 1)]
-    assert seen == [list(streams.stream_order(files, 0, 0, workers=2, worker=w)) for w in (0, 1)]
-    assert not set(seen[0]) & set(seen[1]) and len(seen[0]) + len(seen[1]) == 100
-    second = run_workers(stop_at=0)
-    done = f"completed at epoch 2 batch 0 step {sum(steps)}"
-    assert [f"worker {w}: {done}" in second[w] for w in (0, 1)] == [True, True], second
-
-    # The in-memory run: the same examples in the same global batches, one replica.
-    x, y = streams.read_all(files)
-    model = tiny_model(features=4, classes=3)
-    program = compile_step(tiny_step(model))
-    signature = {"x": tf.TensorSpec((None, 4), tf.float32), "y": tf.TensorSpec((None,), tf.int32)}
-
-    def in_memory(epoch: int) -> tf.data.Dataset:
-        order = streams.global_batches(files, 8, 0, epoch, workers=2)
-        return tf.data.Dataset.from_generator(
-            lambda: ({"x": x[b], "y": y[b]} for b in order), output_signature=signature
-        )
-
-    run_loop(program, in_memory, epochs=2)
-    with np.load(tmp_path / "weights.npz") as saved:
-        for index, expected in enumerate(model.get_weights()):
-            np.testing.assert_allclose(saved[f"arr_{index}"], expected, rtol=1e-5, atol=1e-6)
+        assert [b.tolist() for b in streams.global_batches(files, 8, 0, epoch, workers=2)] == expected
+        assert sharded.steps == max(len(b) for b in batches)
+        uneven.append(len(batches[0]) != len(batches[1]))
+    assert any(uneven)  # one worker ran out first: its empty batches are padded in
+    with pytest.raises(ValueError, match="batch_size 9 must split evenly over the 2 replicas of 2 workers"):
+        streams.per_worker_stream(files, 9, workers=2)

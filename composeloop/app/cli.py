@@ -136,6 +136,35 @@ class DirectoryGuard:
 
 
 _guard: dict[str, DirectoryGuard | None] = {"run": None}
+IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def _is_chief(config: Any) -> bool:
+    """Whether this process speaks for the run: always, but on a multi-worker run's other workers."""
+    from composeloop import cluster
+    from composeloop.vocabulary import StrategyKind
+
+    strategy = getattr(config, "strategy", None)
+    return (
+        strategy is None or strategy.name is not StrategyKind.multi_worker or cluster.is_chief_process(strategy.cluster)
+    )
+
+
+def hand_on(summary: dict[str, Any]) -> None:
+    """Passes the signal that stopped the run on to the handler installed before composeloop's,
+    now that the checkpoint and summary are written, when that handler is a Python function:
+    submitit's SIGUSR2 handler (its warning of a time limit or pre-emption) then requeues the
+    job, which resumes from that checkpoint. Ctrl-C's default handler is not called (it would
+    raise KeyboardInterrupt)."""
+    import signal
+
+    name = summary.get("signal")
+    if summary.get("status") != "interrupted" or not name:
+        return
+    number = signal.Signals[name]
+    handler = signal.getsignal(number)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(number, None)
 
 
 def _job(tree: Any) -> dict[str, Any]:
@@ -155,6 +184,7 @@ def _job(tree: Any) -> dict[str, Any]:
     # A directory holding an earlier run's results is refused by `run`; it must not be marked failed.
     had_results = any((directory / name).exists() for name in ("summary.json", "metrics.jsonl"))
     started = time.perf_counter()
+    config = None
     try:
         config = to_config(tree)
         logging.getLogger("tensorflow").setLevel(logging.WARNING)  # Hydra's INFO root would show its chatter
@@ -170,7 +200,7 @@ def _job(tree: Any) -> dict[str, Any]:
         if not multirun:
             if full_errors() or not isinstance(error, ComposeloopError):
                 raise  # a bug, not bad input: Hydra shows where
-            if _guard["run"] is not None:
+            if _guard["run"] is not None and _is_chief(config):  # the chief's directory is not another's to undo
                 _guard["run"].restore()
             fail(str(error))
         # A failed job is recorded and the sweep goes on; `main` exits non-zero at its end.
@@ -184,21 +214,26 @@ def _job(tree: Any) -> dict[str, Any]:
     if config.mode.value != "train":
         return summary
     code = exit_code(summary)
-    if multirun and summary.get("status") == "interrupted":
-        raise KeyboardInterrupt  # the run caught Ctrl-C itself; the sweep must stop too
+    in_process = hydra.launcher.get("_target_") == IN_PROCESS_LAUNCHER
+    if multirun and in_process and summary.get("status") == "interrupted":
+        raise KeyboardInterrupt  # the run caught Ctrl-C itself; the sweep in this process must stop too
+    chief = _is_chief(config)  # the other workers of a multi-worker run say nothing the chief says
     if code:
         job = f"job {hydra.job.num}: " if multirun else ""
-        print(
-            f"composeloop: {job}{summary['status']} ({summary['reason']}); outputs and the last checkpoint are in "
-            f"{directory}: run the same command again to resume",
-            file=sys.stderr,
-            flush=True,
-        )
+        if chief:
+            print(
+                f"composeloop: {job}{summary['status']} ({summary['reason']}); outputs and the last checkpoint are "
+                f"in {directory}: run the same command again to resume",
+                file=sys.stderr,
+                flush=True,
+            )
+        hand_on(summary)
         if not multirun:
             sys.exit(code)
-        return summary  # the sweep summary counts it as failed; the sweep goes on
+        return summary  # the sweep summary counts it as unfinished; the sweep goes on
     how = summary["status"] + (f": {summary['reason']}" if summary.get("reason") else "")
-    print(f"composeloop: {config.experiment} finished in {summary['wall_s']:.1f}s ({how}); outputs in {directory}")
+    if chief:
+        print(f"composeloop: {config.experiment} finished in {summary['wall_s']:.1f}s ({how}); outputs in {directory}")
     return summary
 
 
@@ -267,6 +302,8 @@ def main(
             _guard["run"] = DirectoryGuard(planned.run_dir)
             argv += preflight.pinned_directory(planned)
             held.enter_context(run_directory_lock(planned.configs[0], planned.run_dir or planned.sweep_dir))
+            if planned.run_dir is not None and not _is_chief(planned.configs[0]):
+                argv = [*argv, "hydra.output_subdir=null"]  # the chief alone records the config (.hydra/)
     except Exception as error:  # composition errors come in many Hydra/OmegaConf types
         if full_errors():
             raise

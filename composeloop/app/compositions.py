@@ -179,4 +179,4 @@ def build_composition(config: Any, data: Any, *, overrides: Sequence[str] = (), 
 
 def _train_examples(data: Any) -> int:
     x_train = getattr(data, "x_train", None)
-    return len(x_train) if x_train is not None else 1
+    return len(x_train) if x_train is not None else (getattr(data, "examples", None) or 1)

@@ -3,12 +3,13 @@
 This module owns the order in which a run is set up, the same for every composition and
 every front door (the command line, a sweep job, a user's own script, Python): lock the
 run directory (one process writes there at a time), check it (resume or refuse; a mode
-other than train needs a checkpoint), load the data (before TensorFlow, so a bad file
-fails fast; streamed data's first batches checked, different class sets warned), seed,
-set the precision and place the strategy, build the composition in the strategy's scope,
-compile its step once with the configured stages wired into every phase (weight decay,
-lookahead and EMA around the apply stage; accumulation and loss scaling), then hand it to
-the mode.
+other than train needs a checkpoint), load array data (before TensorFlow, so a bad file
+fails fast), seed, set the precision and place the strategy, load data streamed from files
+(each worker of several reads its own), check the first streamed batches and warn of
+class sets that differ, build the composition in the strategy's scope, compile its step
+once with the configured stages wired into every phase (weight decay, lookahead and EMA
+around the apply stage; accumulation and loss scaling), then hand it to the mode. Notes
+are printed once, by the chief.
 """
 
 from __future__ import annotations
@@ -35,16 +36,22 @@ def place_strategy(config: StrategyConfig) -> Any:
 
     The CLI calls this before anything touches a device (logical CPUs and multi-worker
     collectives must be set up before TensorFlow initialises); later calls get the same one.
+    Over several workers only the chief prints.
 
     Returns:
       A `composeloop.engine.strategies.Placed` (``.strategy``, ``.replicas``, ``.note``).
+
+    Raises:
+      ConfigError: a bad cluster environment (naming the variable) or devices;
+        ClusterError: a worker did not join within ``strategy.connect_timeout_s``.
     """
     from composeloop.engine import strategies
 
-    placed = strategies.place(config.name.value, config.devices, config.logical_cpus)
-    if config.name is not StrategyKind.default and placed.note not in _announced:
-        _announced.add(placed.note)
-        print(f"composeloop: {placed.note}", flush=True)
+    placed = strategies.place(
+        config.name.value, config.devices, config.logical_cpus, config.cluster, config.connect_timeout_s
+    )
+    if config.name is not StrategyKind.default:
+        announce(placed.note, placed.strategy)
     return placed
 
 
@@ -83,6 +90,16 @@ def data_warnings(data: Any, source: str) -> tuple[str, ...]:
         return ()  # streamed: not in memory to compare
     note = class_set_difference(data.y_train, data.y_val, source)
     return (note,) if note else ()
+
+
+def announce(note: str, strategy: Any) -> None:
+    """Prints `note` once per process, and only on the chief of a multi-worker run."""
+    from composeloop.engine.strategies import is_chief
+
+    if note and note not in _announced:
+        _announced.add(note)
+        if is_chief(strategy):
+            print(f"composeloop: {note}", flush=True)
 
 
 def check_directory(config: Config, directory: Path) -> None:
@@ -153,23 +170,51 @@ def run(
 
 
 def _run(config: Config, directory: Path, overrides: Sequence[str], parts: Parts, started: float) -> dict[str, Any]:
-    from composeloop.parts.data import as_data, check_streamed
+    from composeloop.parts.data import as_data
 
     check_directory(config, directory)
-    data = parts.data if parts.data is not None else build.load_data(config.data, config.seed)
+    data = None
     if parts.data is not None:
-        data = as_data(data, "parts.data")
+        data = as_data(parts.data, "parts.data")
+    elif not build.reads_files(config.data):
+        data = build.load_data(config.data, config.seed)  # arrays: before TensorFlow, so a bad file fails fast
     source = "parts.data" if parts.data is not None else build.data_source(config.data)
-    check_streamed(data, config.data.check_batches, source)  # arrays were checked whole at load
-    notes = data_warnings(data, source)
 
     import keras
+    import tensorflow as tf
 
-    from composeloop.engine import strategies
+    from composeloop.parts.streams import bad_record
 
     keras.utils.set_random_seed(config.seed)
     build.set_precision(config.train.precision)
     placed = place_strategy(config.strategy)
+    if data is None:  # files: each worker of several reads its own, so found once the strategy is
+        data = build.load_data(config.data, config.seed, placed.strategy)
+    announce(getattr(data, "description", ""), placed.strategy)
+    try:  # a streamed record of another shape fails where it is read: name its file
+        return _built_and_run(config, directory, data, source, placed, overrides, parts, started)
+    except tf.errors.InvalidArgumentError as error:
+        bad = bad_record(error)
+        if bad is None:
+            raise
+        raise bad from None
+
+
+def _built_and_run(
+    config: Config,
+    directory: Path,
+    data: Any,
+    source: str,
+    placed: Any,
+    overrides: Sequence[str],
+    parts: Parts,
+    started: float,
+) -> dict[str, Any]:
+    from composeloop.engine import strategies
+    from composeloop.parts.data import check_streamed
+
+    check_streamed(data, config.data.check_batches, source)  # arrays were checked whole at load
+    notes = data_warnings(data, source)
     outputs = strategies.output_directory(placed.strategy, directory)  # only the chief writes the run's
     with placed.strategy.scope():
         composition = build_composition(config, data, overrides=overrides, given=parts)

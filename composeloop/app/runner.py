@@ -150,6 +150,7 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
     from composeloop.app import search_job, tracking
     from composeloop.engine import checkpoint, curves, events, progress, report, stopping, tensorboard
     from composeloop.engine.loop import run_loop
+    from composeloop.engine.strategies import is_chief
 
     program = training.program
     sharing = restore_from is not None and Path(restore_from) != Path(directory)  # a non-chief worker
@@ -170,7 +171,8 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
             _save_once(checkpoints, state)
 
     handlers = [*stopping.nan_policy(config.train.nan_policy.value), *signals.handlers()]
-    handlers += progress.progress(interactive=config.report.progress_bar, rename=rename)
+    if is_chief(program.strategy):  # the other workers of a multi-worker run train the same steps quietly
+        handlers += progress.progress(interactive=config.report.progress_bar, rename=rename)
     handlers += report.metric_files(directory, rename)
     if training.tracker is not None:
         handlers += tracking.tracking_handlers(training.tracker, rename)

@@ -36,20 +36,28 @@ from composeloop.vocabulary import Precision, StrategyKind
 # ---------------------------------------------------------------------------- data and models
 
 
-def load_data(config: DataConfig, seed: int) -> datasets.ArrayData | datasets.Datasets:
+def load_data(config: DataConfig, seed: int, strategy: Any = None) -> datasets.ArrayData | datasets.Datasets:
     """The configured data: a built-in source, or what `data._target_` returns.
 
     A target may return `ArrayData`, a mapping or object with ``x_train, y_train, x_val,
     y_val`` arrays, Keras's ``((x_train, y_train), (x_val, y_val))``, or `Datasets`; it is
-    offered ``seed``, ``batch_size`` and ``val_fraction`` by parameter name.
+    offered ``seed``, ``batch_size``, ``val_fraction`` and the file keys that are set
+    (``files``, ``directory``, ...) by parameter name.
+
+    The sources that read files (tfrecord, images) give `Datasets` streamed from them; load
+    them once `strategy` (the run's) exists: several workers each read their own files.
 
     Raises:
-      DataError: a file, array or shape at fault; ConfigError: a bad target.
+      DataError: a file, array or shape at fault; ConfigError: a bad target, or a batch
+        size that does not split over the workers' replicas.
     """
     if config._target_:
         offered = {"seed": seed, "batch_size": config.batch_size, "val_fraction": config.val_fraction}
+        offered |= {key: getattr(config, key) for key in _FILE_KEYS if getattr(config, key) is not None}
         value = call_with(resolve(config._target_, "data._target_"), "data._target_", config.args, offered)
         return datasets.as_data(value, f"data._target_ ({config._target_})")
+    if config.source in READS_FILES:
+        return _streamed(config, seed, strategy)
     if config.source is DataSource.digits:
         return datasets.digits(val_fraction=config.val_fraction, seed=seed)
     if config.source is DataSource.npz:
@@ -72,6 +80,37 @@ def data_source(config: DataConfig) -> str:
     if config.path and config.source not in (DataSource.digits, DataSource.synthetic):
         return f"data.path: {config.path}"  # files: the path says more than the source's name
     return f"data.source={config.source.value}"
+
+
+READS_FILES = (DataSource.tfrecord, DataSource.images)  # streamed: loaded once the strategy exists
+
+
+def reads_files(config: DataConfig) -> bool:
+    """Whether the configured data stream from files (tfrecord, images): `load_data` wants
+    the run's strategy for them, so that each worker of several reads its own."""
+    return not config._target_ and config.source in READS_FILES
+
+
+_FILE_KEYS = ("files", "val_files", "directory", "val_directory")
+
+
+def _streamed(config: DataConfig, seed: int, strategy: Any) -> datasets.Datasets:
+    """data=tfrecord or data=images: the files found and checked, streamed (see `parts.streams`)."""
+    from composeloop.parts import datafiles, streams
+
+    if config.source is DataSource.tfrecord:
+        train = datafiles.tfrecord_files(config.files, "data.files")
+        validation = datafiles.tfrecord_files(config.val_files, "data.val_files") if config.val_files else None
+    else:
+        train = datafiles.image_files(config.directory, config.image_size, "data.directory")
+        if config.val_directory:
+            validation = datafiles.image_files(config.val_directory, config.image_size, "data.val_directory")
+        else:
+            train, validation = datafiles.split_images(train, config.val_fraction, seed)
+    try:
+        return streams.datasets(train, validation, config.batch_size, seed, strategy=strategy)
+    except ValueError as error:
+        raise ConfigError(f"data.batch_size: {error}") from None
 
 
 def build_model(config: ModelConfig, data: Any) -> Any:
@@ -341,14 +380,15 @@ def build_metrics(entries: list[Any]) -> tuple[Any, ...]:
 
 def check_cluster(config: StrategyConfig) -> None:
     """For strategy=multi_worker: checks the cluster environment there is (TF_CONFIG, or srun's
-    SLURM variables) before TensorFlow loads, a ConfigError naming the variable. None at all
-    is not an error here: a sweep may submit its jobs to a scheduler from a shell outside any
-    cluster; the worker that finds none says so when it makes its strategy."""
+    SLURM variables, as `strategy.cluster` says) before TensorFlow loads, a ConfigError naming
+    the variable. None at all is not an error here: a sweep may submit its jobs to a scheduler
+    from a shell outside any cluster; the worker that finds none says so when it makes its
+    strategy."""
     if config.name is StrategyKind.multi_worker:
         from composeloop.cluster import described, resolve
 
         if described():
-            resolve()
+            resolve(config.cluster)
 
 
 def set_precision(precision: Precision) -> None:

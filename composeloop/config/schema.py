@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional  # noqa: UP035 - OmegaConf reads ty
 import attrs
 
 from composeloop.errors import ConfigError
-from composeloop.vocabulary import Direction, GanLoss, Mode, NanPolicy, Precision, StrategyKind, Weights
+from composeloop.vocabulary import Cluster, Direction, GanLoss, Mode, NanPolicy, Precision, StrategyKind, Weights
 
 INT32_MAX = 2**31 - 1  # counts TensorFlow holds in int32 (and sizes of tensors' dimensions)
 INT64_MAX = 2**63 - 1  # counts TensorFlow holds in int64 (steps)
@@ -115,6 +115,13 @@ def example_shape(instance: Any, attribute: attrs.Attribute, value: Any) -> None
         )
 
 
+def image_height_width(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if len(value or []) != 2 or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 8192 for d in value
+    ):
+        raise InvalidValue(attribute.name, f"must be [height, width], each in [1, 8192], got {list(value or [])}")
+
+
 def optional_import_path(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value.strip() or " " in value.strip()):
         raise InvalidValue(attribute.name, f"must be an import path like my_pkg.module.name, got {value!r}")
@@ -142,6 +149,8 @@ class DataSource(enum.Enum):
     digits = "digits"
     npz = "npz"
     synthetic = "synthetic"
+    tfrecord = "tfrecord"  # x/y records in files matching `files`, streamed (need not fit in memory)
+    images = "images"  # a folder of one subfolder of images per class, streamed
 
 
 class ModelName(enum.Enum):
@@ -178,6 +187,11 @@ class DataConfig:
     synthetic_shape: List[int] = attrs.field(default=[8, 8], validator=example_shape)  # noqa: UP006
     synthetic_classes: int = attrs.field(default=10, validator=count(2, 1_000_000))
     check_batches: int = attrs.field(default=4, validator=count(0, INT32_MAX))  # streamed data: NaN/Inf check; 0: off
+    files: Optional[str] = None  # noqa: UP045 - tfrecord: a glob of training shards
+    val_files: Optional[str] = None  # noqa: UP045 - tfrecord: a glob of validation shards (null: none)
+    directory: Optional[str] = None  # noqa: UP045 - images: one subfolder per class
+    val_directory: Optional[str] = None  # noqa: UP045 - images: the same for validation (null: val_fraction)
+    image_size: List[int] = attrs.field(default=[64, 64], validator=image_height_width)  # noqa: UP006
     args: Dict[str, Any] = {}  # noqa: UP006 - not a key: the section's other keys, the target's arguments
 
 
@@ -333,11 +347,18 @@ class TrackingConfig:
 
 @attrs.define
 class StrategyConfig:
-    """Where a run's replicas live: `name` picks the tf.distribute strategy."""
+    """Where a run's replicas live: `name` picks the tf.distribute strategy.
+
+    For multi_worker, `cluster` says where each process learns its place (``auto``: srun's
+    SLURM variables inside a SLURM job step of several tasks, else TF_CONFIG), and
+    `connect_timeout_s` how long the workers wait for each other at start.
+    """
 
     name: StrategyKind = StrategyKind.default
     devices: List[str] = []  # noqa: UP006 - one_device/mirrored: exact devices; empty: chosen
     logical_cpus: int = attrs.field(default=2, validator=count(1, 256))
+    cluster: Cluster = Cluster.auto
+    connect_timeout_s: float = attrs.field(default=300.0, validator=_check(lambda v: 0 < v <= 86_400, "in (0, 86400]"))
 
 
 @attrs.define

@@ -113,6 +113,7 @@ def _check_across_sections(config: Config) -> None:
     if config.data._target_ is None and config.data.source is DataSource.npz and not config.data.path:
         raise ConfigError("data.path: data=npz needs a file: set data.path=FILE.npz")
     _check_synthetic_size(config.data)
+    _check_data_files(config.data)
     optimizer = config.optimizer
     schedule = parts.check_schedule(optimizer.schedule)
     if schedule not in (None, Schedule.constant) and optimizer.min_learning_rate >= optimizer.learning_rate:
@@ -131,3 +132,23 @@ def _check_across_sections(config: Config) -> None:
         )
     parts.check_declared(config)
     check_cluster(config.strategy)  # a malformed TF_CONFIG fails before TensorFlow loads
+
+
+# The keys of the sources that read files: each needs its first key, and the others refuse them.
+_FILE_KEYS = {DataSource.tfrecord: ("files", "val_files"), DataSource.images: ("directory", "val_directory")}
+_EXAMPLES = {"files": "'shards/train-*.tfrecord'", "directory": "DIR"}
+
+
+def _check_data_files(data: Any) -> None:
+    """data=tfrecord needs data.files and data=images data.directory; another built-in source
+    refuses them (they would be ignored). A `_target_` is offered them by parameter name."""
+    if data._target_:
+        return
+    for source, keys in _FILE_KEYS.items():
+        if data.source is source and not getattr(data, keys[0]):
+            raise ConfigError(f"data.{keys[0]}: data={source.value} needs data.{keys[0]}={_EXAMPLES[keys[0]]}")
+        given = next((key for key in keys if getattr(data, key) is not None), None)
+        if data.source is not source and given:
+            raise ConfigError(
+                f"data.{given}: only data={source.value} reads it (this is data={data.source.value}); remove it"
+            )

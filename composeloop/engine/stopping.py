@@ -3,8 +3,8 @@
 This module owns three loop services, each a list of event handlers: early stopping (a
 pure function of the epoch history, so a resumed run stops exactly where a straight one
 would), the NaN policy (raise, skip or stop on a non-finite loss), and turning SIGTERM,
-SIGINT and SIGUSR1 (SLURM's warning before a time limit or pre-emption) into a stop
-request that lets the current step finish and the run save its state. In a multi-worker
+SIGINT, SIGUSR1 (SLURM's warning before a time limit or pre-emption) and SIGUSR2 (submitit's)
+into a stop request that lets the current step finish and the run save its state. In a multi-worker
 run the stop request is agreed: after every compiled call the workers sum, over all of
 them, which signals each has received (one small all-reduce), so a signal to any one
 worker stops every worker after the same step, and all report the same signal.
@@ -148,14 +148,16 @@ class SignalStop:
 
     SIGUSR1 is what SLURM sends ahead of a time limit or pre-emption when a job asks for
     it (``sbatch --signal=USR1@60``): the run checkpoints and stops like on SIGTERM, so
-    that the job can be requeued (``--requeue``) and resumed from that checkpoint.
+    that the job can be requeued (``--requeue``) and resumed from that checkpoint. SIGUSR2
+    is the same warning for jobs that submitit started (Hydra's submitit launcher); the
+    application hands it on to submitit's own handler once the checkpoint is written.
 
     Under a multi-worker strategy the handlers agree on the request across workers after
     every compiled call (see the module docstring): every worker stops after the same
     step with the same `signal`, whichever worker got it.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.received: signal.Signals | None = None

@@ -246,14 +246,20 @@ def synthetic(
 
 
 def check_labels(data: ArrayData | Datasets, num_classes: int) -> None:
-    """Raises a `DataError` when any label falls outside ``[0, num_classes)``, or when there
-    are no classes to build a classifier for (streamed data declaring none, unconfigured)."""
+    """Raises a `DataError` when any label falls outside ``[0, num_classes)``, when there
+    are no classes to build a classifier for (streamed data declaring none, unconfigured),
+    or when streamed data declare more classes than that."""
     if num_classes < 1:
         raise DataError(
             f"model.num_classes: the data declare no classes (num_classes={num_classes}); "
             "set model.num_classes=N (or Datasets.num_classes)"
         )
     if isinstance(data, Datasets):
+        if data.num_classes > num_classes:
+            raise DataError(
+                f"labels outside the model's classes: the data hold {data.num_classes} classes "
+                f"but model.num_classes={num_classes}"
+            )
         return  # streamed labels are not in memory to check
     for split, labels in (("train", data.y_train), ("validation", data.y_val)):
         if labels.size and labels.max() >= num_classes:
@@ -335,12 +341,18 @@ class Datasets:
       validation: () -> validation batches, or None for no validation.
       example_shape: the shape of one example (what a model is built for).
       num_classes: how many classes the labels hold, if the data are labelled.
+      examples: training examples per epoch, if known (a learning-rate schedule decays
+        over the updates they make).
+      description: one line on how the data are read (e.g. files shared out over
+        workers), shown once when a run starts; empty: nothing to say.
     """
 
     train: Callable[[int], Any]
     validation: Callable[[], Any] | None = None
     example_shape: tuple[int, ...] = attrs.field(default=(), converter=tuple)
     num_classes: int = 0
+    examples: int | None = None
+    description: str = ""
 
 
 def check_streamed(data: ArrayData | Datasets, batches: int, source: str) -> None:

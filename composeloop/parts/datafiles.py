@@ -50,6 +50,7 @@ class Files:
     x_dtype: str = "float32"
     labels: tuple[int, ...] = ()
     image_size: tuple[int, int] = (0, 0)
+    key: str = "data.files"  # how messages name where they came from (the config key)
 
     @property
     def examples(self) -> int:
@@ -65,7 +66,7 @@ def _first_line(error: BaseException) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
-def _peek(path: str) -> tuple[tuple[int, ...], str]:
+def _peek(path: str, key: str) -> tuple[tuple[int, ...], str]:
     """The shape and dtype of `x` in the file's first record; DataError when it has none."""
     import tensorflow as tf
     from tensorflow.core.framework import tensor_pb2
@@ -73,25 +74,25 @@ def _peek(path: str) -> tuple[tuple[int, ...], str]:
     try:
         first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
         if first is None:
-            raise DataError(f"data.files: {path} holds no records")
+            raise DataError(f"{key}: {path} holds no records")
         example = tf.io.parse_single_example(first, features())
         proto = tensor_pb2.TensorProto.FromString(example["x"].numpy())
     except tf.errors.DataLossError:
-        raise DataError(f"data.files: {path} is not a TFRecord file") from None
+        raise DataError(f"{key}: {path} is not a TFRecord file") from None
     except tf.errors.InvalidArgumentError as error:
         raise DataError(
-            f"data.files: {path} records are not x/y examples ({_first_line(error)}); "
+            f"{key}: {path} records are not x/y examples ({_first_line(error)}); "
             "write them with python -m composeloop.parts.to_tfrecord"
         ) from None
     except Exception as error:  # a malformed serialized tensor: protobuf's DecodeError
-        raise DataError(f"data.files: {path} record 'x' is not a serialized tensor ({type(error).__name__})") from None
+        raise DataError(f"{key}: {path} record 'x' is not a serialized tensor ({type(error).__name__})") from None
     dtype = tf.as_dtype(proto.dtype).name
     if dtype not in ("float32", "uint8"):
-        raise DataError(f"data.files: {path} record 'x' has dtype {dtype}; expected float32 or uint8")
+        raise DataError(f"{key}: {path} record 'x' has dtype {dtype}; expected float32 or uint8")
     return tuple(dim.size for dim in proto.tensor_shape.dim), dtype
 
 
-def _count(path: str) -> tuple[int, int, int]:
+def _count(path: str, key: str) -> tuple[int, int, int]:
     """Records, smallest and largest label in one file: one read, parsing only the labels."""
     import tensorflow as tf
 
@@ -108,11 +109,11 @@ def _count(path: str) -> tuple[int, int, int]:
             ),
         )
     except tf.errors.OpError as error:
-        raise DataError(f"data.files: {path} cannot be read to its end ({_first_line(error)})") from None
+        raise DataError(f"{key}: {path} cannot be read to its end ({_first_line(error)})") from None
     return int(count), int(low), int(high)
 
 
-def tfrecord_files(pattern: str) -> Files:
+def tfrecord_files(pattern: str, key: str = "data.files") -> Files:
     """The TFRecord files matching `pattern`, checked: every file readable to its end, its
     first record an x/y example of the same shape and dtype as the others', labels >= 0.
 
@@ -128,24 +129,24 @@ def tfrecord_files(pattern: str) -> Files:
     """
     paths = tuple(sorted(path for path in globbing.glob(pattern) if Path(path).is_file()))
     if not paths:
-        raise DataError(f"data.files: no file matches {pattern!r}")
-    shape, dtype = _peek(paths[0])
+        raise DataError(f"{key}: no file matches {pattern!r}")
+    shape, dtype = _peek(paths[0], key)
     counts, highest = [], 0
     for path in paths:
-        other = _peek(path)
+        other = _peek(path, key)
         if other != (shape, dtype):
             raise DataError(
-                f"data.files: {path} holds x of shape {other[0]} {other[1]}, but {paths[0]} of shape {shape} {dtype}"
+                f"{key}: {path} holds x of shape {other[0]} {other[1]}, but {paths[0]} of shape {shape} {dtype}"
             )
-        count, low, high = _count(path)
+        count, low, high = _count(path, key)
         if count and low < 0:
-            raise DataError(f"data.files: {path} holds a negative label ({low})")
+            raise DataError(f"{key}: {path} holds a negative label ({low})")
         counts.append(count)
         highest = max(highest, high)
-    return Files("tfrecord", paths, tuple(counts), shape, highest + 1, dtype)
+    return Files("tfrecord", paths, tuple(counts), shape, highest + 1, dtype, key=key)
 
 
-def image_files(directory: str | Path, image_size: Sequence[int] = (64, 64)) -> Files:
+def image_files(directory: str | Path, image_size: Sequence[int] = (64, 64), key: str = "data.directory") -> Files:
     """The images of a folder with one subfolder per class (Keras's conventions), as RGB
     images resized to `image_size` (height, width).
 
@@ -158,10 +159,10 @@ def image_files(directory: str | Path, image_size: Sequence[int] = (64, 64)) -> 
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataError(f"data.directory: {directory} is not a directory")
+        raise DataError(f"{key}: {directory} is not a directory")
     classes = sorted(entry.name for entry in directory.iterdir() if entry.is_dir())
     if not classes:
-        raise DataError(f"data.directory: {directory} has no class subfolders (one folder of images per class)")
+        raise DataError(f"{key}: {directory} has no class subfolders (one folder of images per class)")
     paths, labels = [], []
     for label, name in enumerate(classes):
         found = sorted(
@@ -170,7 +171,7 @@ def image_files(directory: str | Path, image_size: Sequence[int] = (64, 64)) -> 
             if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not found:
-            raise DataError(f"data.directory: {directory / name} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+            raise DataError(f"{key}: {directory / name} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
         paths += found
         labels += [label] * len(found)
     height, width = (int(size) for size in image_size)
@@ -183,4 +184,32 @@ def image_files(directory: str | Path, image_size: Sequence[int] = (64, 64)) -> 
         "float32",
         tuple(labels),
         (height, width),
+        key,
     )
+
+
+def split_images(files: Files, fraction: float, seed: int) -> tuple[Files, Files]:
+    """An image folder's files split into (train, validation): a seeded choice of `fraction`
+    of them validates (as Keras's ``validation_split``), each part in sorted order.
+
+    Raises:
+      DataError: too few images to keep some for each part.
+    """
+    held = max(1, round(len(files.paths) * fraction))
+    if held >= len(files.paths):
+        raise DataError(
+            f"{files.key}: {len(files.paths)} images are too few to split with data.val_fraction={fraction}; "
+            "give data.val_directory"
+        )
+    chosen = set(np.random.default_rng(seed).permutation(len(files.paths))[:held].tolist())
+
+    def part(keep: bool) -> Files:
+        indices = [i for i in range(len(files.paths)) if (i in chosen) != keep]
+        return attrs.evolve(
+            files,
+            paths=tuple(files.paths[i] for i in indices),
+            counts=tuple(files.counts[i] for i in indices),
+            labels=tuple(files.labels[i] for i in indices),
+        )
+
+    return part(True), part(False)

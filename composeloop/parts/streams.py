@@ -26,12 +26,14 @@ data); `sharding` says which, in one line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from composeloop.parts.data import epoch_order
+from composeloop.errors import DataError
+from composeloop.parts.data import Datasets, epoch_order
 from composeloop.parts.datafiles import COUNT_BATCH, Files, features
 
 CYCLE_LENGTH = 8  # files read at a time
@@ -135,7 +137,7 @@ def _parser(files: Files) -> Any:
         x = tf.io.parse_tensor(example["x"], dtype)
         found = tf.strings.reduce_join(tf.strings.as_string(tf.shape(x)), separator=",")
         check = tf.debugging.Assert(
-            tf.equal(found, expected), ["composeloop: data.files:", path, "holds x of shape", found, "not", expected]
+            tf.equal(found, expected), [f"composeloop: {files.key}:", path, "holds x of shape", found, "not", expected]
         )
         with tf.control_dependencies([check]):
             x = tf.ensure_shape(tf.identity(x), shape)
@@ -216,10 +218,10 @@ def stream(
       batch_size: the global batch size (the last batch may be smaller).
       seed, epoch: fix the order (with `shuffle`; without, files in sorted order).
       strategy: the run's strategy. Over several workers with at least as many files,
-        each worker reads only its own files: the result is then an
-        `engine.sources.PerWorker` that `Program.distribute` hands to
-        `distribute_datasets_from_function`, and `batch_size` must split evenly over
-        the replicas. Otherwise a `tf.data.Dataset` of global batches.
+        each worker reads only its own files: the result is then `per_worker`'s, which
+        `Program.distribute` hands to `distribute_datasets_from_function`, and
+        `batch_size` must split evenly over the replicas. Otherwise a `tf.data.Dataset`
+        of global batches.
       cycle_length: files read at a time (in parallel).
 
     Example:
@@ -228,22 +230,144 @@ def stream(
     """
     import tensorflow as tf
 
+    workers, per_worker = _layout(strategy)
+    if workers == 1 or len(files.paths) < workers:
+        chosen = _epoch_files(files, seed, epoch, shuffle)
+        return _records(files, chosen, cycle_length).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return per_worker_stream(
+        files,
+        batch_size,
+        seed,
+        epoch,
+        workers=workers,
+        replicas_per_worker=per_worker,
+        shuffle=shuffle,
+        cycle_length=cycle_length,
+    )
+
+
+def per_worker_stream(
+    files: Files,
+    batch_size: int,
+    seed: int = 0,
+    epoch: int = 0,
+    *,
+    workers: int,
+    replicas_per_worker: int = 1,
+    shuffle: bool = True,
+    cycle_length: int = CYCLE_LENGTH,
+) -> Any:
+    """One epoch of `files` FILE-sharded over `workers`: an `engine.sources.PerWorker` whose
+    ``make(worker, workers)`` reads that worker's files (`stream_order`'s for it) in
+    per-replica batches of ``batch_size / (workers * replicas_per_worker)``.
+
+    Raises:
+      ValueError: `batch_size` does not split evenly over the replicas.
+
+    Example:
+      >>> first = per_worker_stream(files, 8, workers=2).make(0, 2)  # what worker 0 reads
+    """
+    import tensorflow as tf
+
     from composeloop.engine.sources import PerWorker
 
-    workers, per_worker = _layout(strategy)
-    chosen = _epoch_files(files, seed, epoch, shuffle)
-    if workers == 1 or len(files.paths) < workers:
-        return _records(files, chosen, cycle_length).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    replicas = workers * per_worker
+    replicas = workers * replicas_per_worker
     if batch_size % replicas:
         raise ValueError(f"batch_size {batch_size} must split evenly over the {replicas} replicas of {workers} workers")
     per_replica = batch_size // replicas
+    chosen = _epoch_files(files, seed, epoch, shuffle)
 
     def make(worker: int, count: int) -> tf.data.Dataset:
         return _records(files, chosen[worker::count], cycle_length).batch(per_replica).prefetch(tf.data.AUTOTUNE)
 
     batches = [-(-sum(files.counts[i] for i in chosen[w::workers]) // per_replica) for w in range(workers)]
-    return PerWorker(make, max(-(-count // per_worker) for count in batches), per_worker)
+    return PerWorker(make, max(-(-count // replicas_per_worker) for count in batches), replicas_per_worker)
+
+
+def check_batch_size(files: Files, batch_size: int, workers: int, replicas_per_worker: int = 1) -> None:
+    """Refuses, before any training, a global batch that `stream` could not split over the
+    replicas of several workers each reading its own files.
+
+    Raises:
+      ValueError: naming the batch size, the replicas and the files.
+
+    Example:
+      >>> check_batch_size(files, 33, workers=2)  # ValueError: 33 must be a multiple of the 2 replicas ...
+    """
+    replicas = workers * replicas_per_worker
+    if workers > 1 and len(files.paths) >= workers and batch_size % replicas:
+        raise ValueError(
+            f"{batch_size} must be a multiple of the {replicas} replicas when {workers} workers each read "
+            f"their own files ({len(files.paths)} files in {files.key}), e.g. {-(-batch_size // replicas) * replicas}"
+        )
+
+
+def datasets(
+    train: Files,
+    validation: Files | None,
+    batch_size: int,
+    seed: int = 0,
+    *,
+    strategy: Any = None,
+    cycle_length: int = CYCLE_LENGTH,
+) -> Datasets:
+    """Data files as `composeloop.parts.data.Datasets`: what the application trains on.
+
+    Each epoch is `stream`'s (shuffled by seed and epoch; FILE-sharded over several workers
+    when there are files enough); validation reads its files in sorted order. The example
+    shape and classes come from the files, and `description` says how they are shared out.
+
+    Args:
+      train, validation: from `tfrecord_files` or `image_files` (validation may be None).
+      batch_size: the global batch size.
+      seed: fixes each epoch's order, with the epoch.
+      strategy: the run's strategy (None: one process).
+
+    Raises:
+      ValueError: a batch size that does not split over the replicas (`check_batch_size`).
+      DataError: validation examples of another shape than the training ones.
+
+    Example:
+      >>> data = datasets(tfrecord_files("train-*.tfrecord"), tfrecord_files("val-*.tfrecord"), 64)
+      >>> run_loop(program, data.train, epochs=5, validation_data=data.validation)
+    """
+    workers, per_worker = _layout(strategy)
+    for files in (train, validation):
+        if files is not None:
+            check_batch_size(files, batch_size, workers, per_worker)
+    if validation is not None and validation.example_shape != train.example_shape:
+        raise DataError(
+            f"{validation.key}: its examples have shape {validation.example_shape} but those of {train.key} "
+            f"{train.example_shape}"
+        )
+
+    def validate() -> Any:
+        return stream(validation, batch_size, strategy=strategy, shuffle=False, cycle_length=cycle_length)
+
+    return Datasets(
+        train=lambda epoch: stream(train, batch_size, seed, epoch, strategy=strategy, cycle_length=cycle_length),
+        validation=validate if validation is not None else None,
+        example_shape=train.example_shape,
+        num_classes=max(train.num_classes, validation.num_classes if validation is not None else 0),
+        examples=train.examples,
+        description=sharding(train, workers),
+    )
+
+
+_BAD_RECORD = re.compile(r"\[composeloop: ([\w.]+):\] \[(.*?)\] \[holds x of shape\] \[(.*?)\] \[not\] \[(.*?)\]")
+
+
+def bad_record(error: BaseException) -> DataError | None:
+    """The one-line `DataError` for TensorFlow's error on a record of another shape (which
+    `stream` checks as it reads), naming the file; None for any other error."""
+    found = _BAD_RECORD.search(str(error))
+    if found is None:
+        return None
+    key, path, shape, expected = found.groups()
+    return DataError(
+        f"{key}: {path} holds a record whose x has shape ({shape}), not ({expected}) as its other records; "
+        "every record of a data set must have one shape"
+    )
 
 
 def read_all(files: Files) -> tuple[np.ndarray, np.ndarray]:
