@@ -19,6 +19,8 @@ from composeloop.engine.compile import Program
 
 
 class Event(enum.Enum):
+    """The moments of a run a `Handler` can be attached to, in the order a run meets them."""
+
     RUN_BEGIN = "run_begin"
     EPOCH_BEGIN = "epoch_begin"
     CHUNK = "chunk"  # after every compiled call of `steps_per_execution` steps or fewer

@@ -30,6 +30,7 @@ from composeloop.step.records import Context, Tensors
 from composeloop.vocabulary import GanLoss
 
 GAN_LOSSES = tuple(loss.value for loss in GanLoss)
+"""The GAN loss kinds `discriminator_loss` and `generator_loss` take, by name."""
 LABELLED_LOSSES = ("non_saturating", "minimax", "least_squares")  # the ones label noise applies to
 LABEL_NOISE_STREAM = 1
 INTERPOLATION_STREAM = 2
@@ -69,7 +70,8 @@ def discriminate(
 
     Args:
       latent_dim: size of a latent vector (> 0).
-      generator, discriminator: model names in the step.
+      generator: the generator's model name in the step.
+      discriminator: the discriminator's model name in the step.
       inputs: batch feature holding real images.
 
     Returns:
@@ -148,7 +150,8 @@ def discriminator_loss(
       label_noise: in [0, 1): real targets drawn uniformly from [1 - label_noise, 1] and
         fake targets from [0, label_noise], per example (the noisy-label trick). Only for
         the label-based kinds (`LABELLED_LOSSES`).
-      real, fake: outputs holding the scores of real and fake examples.
+      real: the output holding the scores of real examples.
+      fake: the output holding the scores of fake examples.
       name: name of the loss term.
 
     Example:

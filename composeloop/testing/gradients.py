@@ -137,8 +137,8 @@ def check_aggregate_linearity(
       losses_fn: computes the named per-example losses from `variables` (called under a tape).
       variables: the variables to differentiate with respect to.
       context: the context every stage gets (`context_for` makes one; its replica count matters).
-      rtol, atol: float32 sums of the same terms in another order round differently: 1e-5
-        relative, plus (default) 1e-6 times the largest weighted term gradient, for terms
+      rtol: float32 sums of the same terms in another order round differently: 1e-5 relative.
+      atol: absolute slack; default 1e-6 times the largest weighted term gradient, for terms
         that nearly cancel.
 
     Raises:

@@ -67,9 +67,11 @@ def check_batch_split_invariance(
       batch: the examples by feature name (e.g. ``{"y": labels}``); outputs and losses hold
         one row per example too, and are cut with the batch.
       sizes: sizes of the consecutive pieces (adding up to the batch size; zeros allowed).
-      outputs, losses: what the metric's update reads besides the batch.
-      rtol, atol: float64 sums of the same float32 values in another order: 1e-9 relative is
+      outputs: model outputs the metric's update reads besides the batch.
+      losses: per-example losses the metric's update reads besides the batch.
+      rtol: float64 sums of the same float32 values in another order: 1e-9 relative is
         thousands of ulps of slack, still far below any real bug.
+      atol: absolute slack on each state field.
 
     Raises:
       InvariantViolation: naming the state field and the split that breaks it.

@@ -57,7 +57,8 @@ def check_exact_resume(
       epochs: how long the runs train.
       stop_at: the global step to stop after (>= 1, before the end).
       directory: where the checkpoint goes (default: a temporary directory).
-      rtol, atol: tolerances; 0 asks for bitwise equality, which CPU kernels give.
+      rtol: relative tolerance; 0 (with atol 0) asks for bitwise equality, which CPU kernels give.
+      atol: absolute tolerance.
 
     Raises:
       InvariantViolation: naming the first variable (by checkpoint key) that differs.

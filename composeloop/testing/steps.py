@@ -84,9 +84,10 @@ def check_replica_invariance(
       split: examples per replica (adding up to the batch size; zeros allowed); default even.
       replicas: N; the CPU must have been split into N logical devices before TensorFlow
         started (see `configure_cpu_replicas`).
-      rtol, atol: on the update of each variable (after - before). Replicas sum float32
-        gradients in another order (about 1e-7 relative each); atol covers one float32 ulp of
-        a weight of size ~1, since the update is read back as a difference of weights.
+      rtol: on the update of each variable (after - before). Replicas sum float32
+        gradients in another order (about 1e-7 relative each).
+      atol: covers one float32 ulp of a weight of size ~1, since the update is read back as a
+        difference of weights.
       metric_rtol: on metric states (float64 sums of float32 per-example values).
       at_step: the global step the step runs as (its random seeds derive from it).
 

@@ -46,7 +46,8 @@ def gradient_lists(
     """Lists of float32 gradient arrays of rank 0 to 2 (one per variable).
 
     Args:
-      min_tensors, max_tensors: how many arrays.
+      min_tensors: the fewest arrays.
+      max_tensors: the most arrays.
       max_side: the largest size of any dimension.
       huge: include values up to 3e38 (else up to 1e3).
       nonfinite: plant at least one NaN or Inf somewhere.
