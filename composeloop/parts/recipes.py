@@ -33,7 +33,10 @@ def classifier_phase(
     loss and accuracy metrics, then any extra `metrics`.
 
     Example:
+      >>> from composeloop.step import clip_by_global_norm
       >>> phase = classifier_phase(keras.optimizers.Adam(1e-3), transform=clip_by_global_norm(1.0))
+      >>> phase.name, phase.trains, [metric.name for metric in phase.metrics]
+      ('classifier', ('model',), ['loss', 'accuracy'])
     """
     return Phase(
         name="classifier",
@@ -53,7 +56,11 @@ def classifier_step(
     """The composed classifier step for one built Keras model (the default ``step._target_``).
 
     Example:
-      >>> step = classifier_step(model, keras.optimizers.Adam(1e-3))
-      >>> program = compile_step(step)
+      >>> from composeloop.engine import compile_step, fit
+      >>> from composeloop.parts.data import batches
+      >>> program = compile_step(classifier_step(model, keras.optimizers.Adam(1e-2)), steps_per_execution=2)
+      >>> history = fit(program, lambda epoch: batches(x, y, 4, epoch=epoch), epochs=3)
+      >>> len(history), sorted(history[-1])
+      (3, ['epoch', 'seconds', 'train_accuracy', 'train_loss'])
     """
     return compose(classifier_phase(optimizer, transform=transform, metrics=metrics), models={"model": model})

@@ -1,0 +1,129 @@
+"""Every docstring example runs: the ``>>>`` lines of composeloop's modules are doctests.
+
+An example that is never run is eventually wrong, so each module's examples run here, with
+their outputs compared (``...`` matches anything, whitespace is normalised). Besides the
+module's own names, an example may use this small namespace (docs/about.md says so too):
+
+- ``np``, ``tf``, ``keras``;
+- ``x`` (8 examples of 4 float32 features), ``y`` (their int32 labels, 3 classes) and
+  ``batch = {"x": x, "y": y}``;
+- ``model``, a built Keras model from 4 features to 3 logits, and ``context``, a `Context`
+  for `batch` and ``{"model": model}`` (`composeloop.testing.context_for`);
+- ``run_dir``, an empty directory; each module's examples run in a fresh temporary
+  working directory, so relative paths they write stay there.
+
+An ``Example:`` section whose lines are not Python (a YAML key, a shell command) says so
+on its heading line, ``Example (YAML):`` or ``Example (shell):``; every other one holds at
+least one ``>>>`` line. Modules that another change is rewriting now wait in `DEFERRED`.
+"""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("composeloop", "hydra_plugins")
+
+# Modules whose examples do not run yet: other changes are rewriting them (their examples get
+# fixed with them, and then leave this list).
+DEFERRED = {
+    "composeloop.cluster",
+    "composeloop.engine.compile",
+    "composeloop.engine.distribute",
+    "composeloop.engine.loop",
+    "composeloop.engine.stopping",
+    "composeloop.engine.strategies",
+    "composeloop.launch",
+    "composeloop.step.apply",
+}
+NOT_PYTHON = re.compile(r"^\s*Example \((YAML|shell)[^)]*\):", re.MULTILINE)
+HEADING = re.compile(r"^\s*Examples?\b[^\n]*:\s*$", re.MULTILINE)
+FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = sorted(module_name(p) for top in PACKAGES for p in (ROOT / top).rglob("*.py"))
+
+
+def example_sections(path: Path) -> list[tuple[str, str]]:
+    """(object name, section text) for every ``Example`` section of the file's docstrings."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            docstring = ast.get_docstring(node) or ""
+            for heading in HEADING.finditer(docstring):
+                rest = docstring[heading.end() :]
+                following = re.search(r"^\S", rest, re.MULTILINE)  # the next unindented line ends it
+                section = docstring[heading.start() : heading.end() + (following.start() if following else len(rest))]
+                found.append((getattr(node, "name", "<module>"), section))
+    return found
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_example_section_is_python_or_says_what_it_is(name):
+    path = ROOT.joinpath(*name.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    for owner, section in example_sections(path):
+        assert ">>>" in section or NOT_PYTHON.match(section), (
+            f"{name}.{owner}: an Example section with no >>> line (not run); write it as a doctest, "
+            f"or head it 'Example (YAML):' / 'Example (shell):'\n{section}"
+        )
+
+
+def shared_namespace(directory: Path) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from composeloop.testing import context_for
+
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    batch = {"x": x, "y": y}
+    (directory / "run").mkdir()
+    return {
+        "np": np,
+        "tf": tf,
+        "keras": keras,
+        "x": x,
+        "y": y,
+        "batch": batch,
+        "model": model,
+        "context": context_for(batch, {"model": model}),
+        "run_dir": directory / "run",
+    }
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m not in DEFERRED])
+def test_the_examples_of(name, tmp_path, monkeypatch):
+    module = importlib.import_module(name)
+    tests = [t for t in doctest.DocTestFinder(exclude_empty=True).find(module, name) if t.examples]
+    if not tests:
+        return
+    monkeypatch.chdir(tmp_path)
+    shared = shared_namespace(tmp_path)
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
+    failures = []
+    for test in tests:
+        test.globs = {**test.globs, **shared}
+        report: list[str] = []
+        result = runner.run(test, out=report.append)
+        if result.failed:
+            failures.append("".join(report))
+    assert not failures, "\n".join(failures)
+
+
+def test_deferred_modules_exist():
+    assert DEFERRED <= set(MODULES), DEFERRED - set(MODULES)
