@@ -2,7 +2,7 @@
 
 An editable install reads conf/ and the plugins from the checkout; a wheel has only what
 pyproject.toml ships. So this builds the wheel (``pip wheel``: the build backend in
-isolation, as any installer builds it), checks it holds every module, config and data file
+isolation, as any installer builds it, from a copy of the sources), checks it holds every module, config and data file
 of the source tree, installs it into a new virtual environment, and runs the two commands
 a user runs first, from a directory outside the checkout.
 
@@ -16,6 +16,7 @@ editable install's import hook is not active there; the test checks where it imp
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -36,10 +37,20 @@ def run(*command: str | Path, cwd: Path, timeout: int = 600) -> subprocess.Compl
     return done
 
 
+# What the build reads; built from a copy, since setuptools leaves build/ in the tree it builds
+# (and would ship a module deleted since from a stale build/lib).
+SOURCES = ("pyproject.toml", "README.md", "composeloop", "conf", "hydra_plugins")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", out, ROOT, cwd=out)
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", out, source, cwd=out)
     (built,) = out.glob("composeloop-*.whl")
     return built
 

@@ -122,9 +122,10 @@ def check_first_batches(dataset: Any, batches: int = 4, source: str = "data") ->
       >>> import tensorflow as tf
       >>> features = np.array([[0.0], [1.0], [np.inf]], np.float32)
       >>> dataset = tf.data.Dataset.from_tensor_slices({"x": features}).batch(2)
-      >>> check_first_batches(dataset, 4, "data.path: train/")
+      >>> check_first_batches(dataset, 4, "data.path: train/")  # doctest: +ELLIPSIS
       Traceback (most recent call last):
-      composeloop.errors.DataError: data.path: train/: batch 1 feature 'x' holds 1 non-finite value (0 NaN, 1 infinite); training on them gives NaN losses
+      composeloop.errors.DataError: data.path: train/: batch 1 feature 'x' holds 1 non-finite value
+      (0 NaN, 1 infinite); ...
     """
     if batches < 1:
         raise ValueError(f"batches must be >= 1, got {batches}")

@@ -1,4 +1,4 @@
-"""Checkers for the invariants of a whole compiled step (DESIGN.md 3, 6 and 9).
+"""Checkers for the invariants of a whole compiled step (3, 6 and 9 of docs/testing.md).
 
 `check_replica_invariance` compiles the user's step twice (one replica, and N replicas under
 the process's `MirroredStrategy`) and `check_phase_isolation` compiles the phases up to and
@@ -6,9 +6,9 @@ including the one under test; each compiled program is made once per builder or 
 reused for every Hypothesis example, so a property traces it only once. Every run starts
 from the same snapshot of all variables.
 
-Not here yet: accumulation (invariant 4) and exact resume (invariant 10) will be checkers of
-the same shape, ``check_accumulation(build_step, batch, micro_batches)`` and
-``check_exact_resume(build_step, batches, stop_after)``, built on `StepRunner`.
+Not here yet: accumulation (invariant 4) will be a checker of the same shape,
+``check_accumulation(build_step, batch, micro_batches)``, built on `StepRunner`. Exact
+resume (invariant 10) is `composeloop.testing.resume.check_exact_resume`.
 """
 
 from __future__ import annotations
@@ -99,7 +99,11 @@ def check_replica_invariance(
       InvariantViolation: naming the variable or metric field that differs, and by how much.
 
     Example:
-      >>> check_replica_invariance(lambda: classifier_step(tiny_model(), SGD(0.1)), batch, split=[3, 5])
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> def build_step():  # called once per replica count, inside that strategy's scope
+      ...     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+      ...     return classifier_step(net, keras.optimizers.SGD(0.1))
+      >>> check_replica_invariance(build_step, batch, split=[3, 5])
     """
     pair = cached_runner(("replicas", build_step, replicas), build_step, lambda: _ReplicaPair(build_step, replicas))
     size = batch_size(batch)
@@ -157,7 +161,10 @@ def check_phase_isolation(
         that moved, and by how much.
 
     Example:
-      >>> check_phase_isolation(gan_step(g, d, adam(), adam(), latent_dim=4), {"x": x}, "generator")
+      >>> from keras.optimizers import Adam
+      >>> from composeloop.parts.gan import discriminator, gan_step, generator
+      >>> step = gan_step(generator(4), discriminator(), Adam(1e-3), Adam(1e-3), latent_dim=4)
+      >>> check_phase_isolation(step, {"x": np.zeros((4, 8, 8), np.float32)}, "generator")
     """
     index, under_test = _phase(step, phase)
     owns = tuple(owns if owns is not None else under_test.trains)
