@@ -68,7 +68,7 @@ def save_grid(path: str | Path, images: np.ndarray, columns: int = 8, **options:
       >>> generated = np.random.default_rng(0).uniform(-1, 1, size=(16, 8, 8))  # a generator's images
       >>> path = save_grid(run_dir / "samples" / "epoch_001.png", generated, columns=8)
       >>> path.name, path.read_bytes()[:4]
-      ('epoch_001.png', b'\x89PNG')
+      ('epoch_001.png', b'\\x89PNG')
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -162,9 +162,11 @@ def check_phase_isolation(
 
     Example:
       >>> from keras.optimizers import Adam
-      >>> from composeloop.parts.gan import discriminator, gan_step, generator
-      >>> step = gan_step(generator(4), discriminator(), Adam(1e-3), Adam(1e-3), latent_dim=4)
-      >>> check_phase_isolation(step, {"x": np.zeros((4, 8, 8), np.float32)}, "generator")
+      >>> from composeloop.parts.gan import gan_step
+      >>> generator = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)])  # latent 2 -> 4 features
+      >>> discriminator = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+      >>> step = gan_step(generator, discriminator, Adam(1e-3), Adam(1e-3), latent_dim=2)
+      >>> check_phase_isolation(step, {"x": x}, "generator")
     """
     index, under_test = _phase(step, phase)
     owns = tuple(owns if owns is not None else under_test.trains)
