@@ -103,5 +103,28 @@ def expand(package: str) -> str:
     return "\n".join(lines)
 
 
-def on_page_markdown(markdown: str, **kwargs: object) -> str:
+_expected: dict[str, list[str]] = {}  # page -> the anchors its public names must have
+
+
+def anchor(package: str, name: str, module: str) -> str:
+    """The heading id mkdocstrings gives a public name (its defining path when shadowed)."""
+    if module == f"{package}.{name}" or not is_submodule(package, name):
+        return f"{package}.{name}"
+    return f"{module}.{name}"
+
+
+def on_page_markdown(markdown: str, page: object, **kwargs: object) -> str:
+    packages = [match["package"] for match in MARKER.finditer(markdown)]
+    if packages:
+        _expected[page.file.src_uri] = [  # type: ignore[attr-defined]
+            anchor(package, name, module) for package in packages for name, module in public_names(package)
+        ]
     return MARKER.sub(lambda match: expand(match["package"]), markdown)
+
+
+def on_post_page(output: str, page: object, **kwargs: object) -> str:
+    """Checks the rendered page: every public name has its section (a warning fails the build)."""
+    for expected in _expected.get(page.file.src_uri, []):  # type: ignore[attr-defined]
+        if f'id="{expected}"' not in output:
+            log.warning("%s: %s has no section in the rendered page", page.file.src_uri, expected)  # type: ignore[attr-defined]
+    return output

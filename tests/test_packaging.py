@@ -109,3 +109,9 @@ def test_each_supported_python_is_declared(version):
     assert f"Programming Language :: Python :: {version}" in PROJECT["project"]["classifiers"]
     low, high = re.fullmatch(r">=(3\.\d+),<(3\.\d+)", requires).groups()
     assert int(low.split(".")[1]) <= int(version.split(".")[1]) < int(high.split(".")[1])
+
+
+def test_ci_tests_both_ends_of_requires_python():
+    low, high = re.fullmatch(r">=3\.(\d+),<3\.(\d+)", PROJECT["project"]["requires-python"]).groups()
+    script = (ROOT / ".ci" / "run").read_text()
+    assert f"LOWEST=3.{low} " in script and f"HIGHEST=3.{int(high) - 1}\n" in script
