@@ -7,6 +7,7 @@ itself is built, installed and run by tests/test_wheel.py.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
@@ -50,9 +51,14 @@ def imported_modules(*folders: str) -> dict[str, list[str]]:
     return found
 
 
+@functools.cache
+def providers() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()  # reads every installed distribution: once
+
+
 def distributions(module: str) -> set[str]:
     """The installed distributions providing a top-level module (``yaml`` -> ``pyyaml``)."""
-    return {normalise(name) for name in importlib.metadata.packages_distributions().get(module, [])}
+    return {normalise(name) for name in providers().get(module, [])}
 
 
 def declared(extra: str | None = None) -> set[str]:
