@@ -1,10 +1,12 @@
 """Parts of a project of mine, named by import path from the command line or a YAML."""
 
+import attrs
 import keras
 import numpy as np
 import tensorflow as tf
 
 from composeloop import step as cs
+from composeloop.parts.recipes import classifier_phase
 
 
 def two_layers(input_shape, num_classes, units: int = 32):
@@ -45,8 +47,8 @@ def mean_margin(name: str = "margin"):
     return cs.Metric(name, ("total", "count"), update, lambda s: tf.math.divide_no_nan(s["total"], s["count"]))
 
 
-def hinge_step(model, optimizer, transform, metrics, margin: float = 1.0):
-    """A step builder: the configured model, a fresh optimizer, the gradient chain, the metrics."""
+def hinge(margin: float):
+    """A loss stage: the multi-class hinge loss on the logits, per example."""
 
     def loss(context, outputs):
         logits = outputs["logits"]
@@ -55,14 +57,11 @@ def hinge_step(model, optimizer, transform, metrics, margin: float = 1.0):
         other = tf.reduce_max(logits - 1e9 * labels, axis=1)
         return {"loss": tf.nn.relu(margin - true + other)}
 
-    phase = cs.Phase(
-        name="classifier",
-        forward=cs.call_model("model", inputs="x", output="logits"),
-        loss=loss,
-        aggregate=cs.mean_and_model_losses(),
-        apply=cs.optimizer_apply(optimizer),
-        trains=("model",),
-        transform=transform,
-        metrics=(cs.mean_loss("loss"), cs.accuracy("accuracy"), *metrics),
-    )
-    return cs.compose(phase, models={"model": model})
+    return loss
+
+
+def hinge_step(model, optimizer, transform, metrics, margin: float = 1.0):
+    """A step builder: the configured model, a fresh optimizer, the gradient chain, the metrics;
+    the classifier recipe's phase with the hinge loss in its loss slot."""
+    phase = classifier_phase(optimizer, transform=transform, metrics=metrics)
+    return cs.compose(attrs.evolve(phase, loss=hinge(margin)), models={"model": model})
