@@ -50,3 +50,14 @@ def consecutive_batches(parts) -> tf.data.Dataset:
     for more in datasets[1:]:
         joined = joined.concatenate(more)
     return joined
+
+
+def plain_sgd(learning_rate: float):
+    """An apply stage of our own (no Keras optimizer): w -= learning_rate * g. It runs in the
+    cross-replica context under a strategy, as every wrapped apply stage does."""
+
+    def apply(gradients, variables) -> None:
+        for g, v in zip(gradients, variables, strict=True):
+            v.assign(v - learning_rate * g)
+
+    return apply

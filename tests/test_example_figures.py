@@ -114,6 +114,19 @@ def test_activity_metric_reports_what_model_losses_adds():
     assert float(cs.model_losses("model")(context, {})) == pytest.approx(expected, rel=1e-5)
 
 
+def test_partition_scales_the_backbone_and_clips_the_head_by_its_own_norm():
+    ex = example("partition_and_ema")
+    variables = ex.model((8, 8)).trainable_variables
+    grads = [tf.fill(v.shape, 2.0) for v in variables]
+    out = ex.per_group_transform()(cs.Gradients(grads), variables, None).values
+    head = [g for g, v in zip(out, variables, strict=True) if "/head/" in v.path]
+    backbone = [g for g, v in zip(out, variables, strict=True) if "/backbone/" in v.path]
+    assert len(head) == len(backbone) == 2
+    np.testing.assert_allclose(float(cs.global_norm(head)), ex.GROUPS["head"], rtol=1e-5)
+    for g in backbone:
+        np.testing.assert_allclose(g.numpy(), 2.0 * ex.GROUPS["backbone"], rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_actor_critic_beats_a_random_policy_after_a_short_run():
     learned, uniform = example("actor_critic").main(epochs=3, episodes_per_epoch=512, evaluation_episodes=1000)

@@ -75,6 +75,11 @@ def my_step(model, optimizer, transform, metrics, temperature: float = 1.0):
     return Composition(step, main_metric="val_loss") if temperature else step
 
 
+def halved_crossentropy(scale: float = 0.5):
+    base = cs.sparse_categorical_crossentropy(labels="y", logits="logits", name="loss")
+    return lambda context, outputs: {"loss": base(context, outputs)["loss"] * scale}
+
+
 def warm_schedule(peak: float = 0.1):
     return lambda step: peak * tf.minimum(1.0, tf.cast(step + 1, tf.float32) / 10.0)
 
@@ -152,6 +157,17 @@ def test_metrics_and_the_step_builder_by_target_with_its_own_argument():
     )
     assert composition.main_metric == "val_loss"
     assert [m.name for m in composition.step.metrics] == ["loss", "mean_logit"]
+
+
+def test_any_slots_stage_of_the_classifier_recipe_by_a_nested_target():
+    _, composition = composed("++step.loss={_target_:userparts.halved_crossentropy,scale:0.25}")
+    batch, outputs = {"y": tf.constant([0])}, {"logits": tf.constant([[0.0, 0.0, 0.0]])}
+    seed, step = tf.constant([0, 0], tf.int64), tf.constant(0, tf.int64)
+    context = cs.Context(batch, {}, True, seed, step, tf.constant(1.0))
+    loss = composition.step.phases[0].loss(context, outputs)["loss"]
+    np.testing.assert_allclose(loss.numpy(), [0.25 * np.log(3.0)], rtol=1e-6)
+    with pytest.raises(ConfigError, match=r"step.loss._target_: cannot import 'userparts.nope'"):
+        composed("++step.loss={_target_:userparts.nope}")
 
 
 def test_a_user_schedule_by_target():

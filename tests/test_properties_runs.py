@@ -86,6 +86,16 @@ def test_resume_mid_accumulation_and_with_a_loss_scale_is_exact():
     check_exact_resume(lambda: build(wrap=both), train_data, epochs=2, stop_at=5)
 
 
+def test_resume_with_ema_lookahead_and_decoupled_decay_is_exact():
+    # stop after step 4: mid lookahead cycle (k=3) and mid epoch; the EMA shadows and count,
+    # the slow weights and their count are apply-stage state the checkpoint must hold
+    def stages(phase):
+        decayed = cs.decoupled_weight_decay(phase.apply, 0.05, exclude=["bias"])
+        return attrs.evolve(phase, apply=cs.ema(cs.lookahead(decayed, k=3, alpha=0.5), 0.9))
+
+    check_exact_resume(lambda: build(wrap=stages), train_data, epochs=2, stop_at=4)
+
+
 @attrs.define
 class MomentumWithHiddenState:
     """A planted bug: SGD with momentum whose slots are not offered as `variables`."""

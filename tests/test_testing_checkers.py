@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from builders import tiny_model
+from builders import plain_sgd, tiny_model
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,8 +25,10 @@ from composeloop.parts import gan
 from composeloop.parts.recipes import classifier_phase, classifier_step
 from composeloop.testing import (
     InvariantViolation,
+    check_accumulation,
     check_aggregate_linearity,
     check_batch_split_invariance,
+    check_ema_replica_invariance,
     check_global_norm_clip,
     check_metric_range,
     check_phase_isolation,
@@ -187,6 +189,34 @@ def test_phase_checker_catches_a_generator_phase_that_updates_both_models():
     check_phase_isolation(step, x, "discriminator")  # the discriminator phase is fine
     with pytest.raises(InvariantViolation, match=r"phase 'generator' \(own models: generator\) changed variable '.*"):
         check_phase_isolation(step, x, "generator", owns=("generator",))
+
+
+def summed_loss_step():
+    """A planted bug: the loss summed over the batch, not averaged, so micro-batches of unequal
+    sizes weigh wrongly."""
+    summed = lambda context, losses: tf.reduce_sum(losses["loss"])  # noqa: E731
+    phase = attrs.evolve(classifier_phase(keras.optimizers.SGD(0.1)), aggregate=summed)
+    return cs.compose(phase, models={"model": tiny_model()})
+
+
+def test_accumulation_checker_catches_a_loss_summed_over_the_batch():
+    parts = [{"x": np.ones((n, 5), np.float32) * n, "y": np.zeros(n, np.int32)} for n in (1, 4)]
+    with pytest.raises(
+        InvariantViolation, match=r"accumulation \(4\) violated: 2 accumulated micro-batches of sizes \[1, 4\]"
+    ):
+        check_accumulation(summed_loss_step, parts)
+
+
+def ema_of_a_loss_scaled_twice():
+    phase = attrs.evolve(loss_scaled_twice().phases[0], apply=cs.ema(plain_sgd(1.0), 0.5))
+    return cs.compose(phase, models={"model": tiny_model()})
+
+
+def test_ema_checker_catches_shadows_that_differ_across_replicas():
+    with pytest.raises(
+        InvariantViolation, match=r"EMA replica invariance \(3, 9\) violated: 2 steps .*the change of EMA shadow of '"
+    ):
+        check_ema_replica_invariance(ema_of_a_loss_scaled_twice, [BATCH, BATCH])
 
 
 # -- the module itself ---------------------------------------------------------------------

@@ -114,7 +114,7 @@ def gan_composition(*, gan: Any, data: Any, make_optimizer: Any, make_transform:
         )
         latents = parts.fixed_latents(gan.samples, gan.latent_dim, seed + 1)
         quality = parts.digit_quality(classifier, parts.generate_images(generator, latents))
-        metrics = {LOG_NAMES.get(f"train_{k}", k): v for k, v in state.logs.items()}
+        metrics = {LOG_NAMES.get(k, k): v for k, v in state.logs.items()}
         return {
             **{name: metrics[name] for name in ("d_loss", "g_loss", "gp") if name in metrics},
             **quality,

@@ -149,6 +149,7 @@ def check_declared(config: Any) -> None:
         target = getattr(config, section)._target_
         if target:
             resolve(target, f"{section}._target_")
+        _resolve_nested(getattr(config, section).args, section)
     for spec in [
         *part_specs(config.gradient.transforms, "gradient.transforms", BUILTIN_TRANSFORMS),
         *part_specs(config.metrics, "metrics", BUILTIN_METRICS),
@@ -157,6 +158,18 @@ def check_declared(config: Any) -> None:
             resolve(spec.target, f"{spec.key}._target_")
     if isinstance(config.optimizer.schedule, Mapping):
         resolve(config.optimizer.schedule["_target_"], "optimizer.schedule._target_")
+
+
+def _resolve_nested(value: Any, key: str) -> None:
+    """Imports every ``_target_`` nested in a section's arguments (so a typo fails in the preflight)."""
+    if isinstance(value, Mapping):
+        if isinstance(value.get("_target_"), str):
+            resolve(value["_target_"], f"{key}._target_")
+        for name, item in value.items():
+            _resolve_nested(item, f"{key}.{name}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _resolve_nested(item, f"{key}[{index}]")
 
 
 def parameters(target: Callable) -> Mapping[str, inspect.Parameter] | None:
@@ -206,7 +219,8 @@ def call_with(target: Callable, key: str, args: Mapping[str, Any], offered: Mapp
     """
     name = getattr(target, "__qualname__", None) or repr(target)
     params = parameters(target)
-    kwargs = dict(args)
+    prefix = key.removesuffix("._target_")
+    kwargs = {arg: instantiated(value, f"{prefix}.{arg}") for arg, value in args.items()}
     if params is not None:
         unknown = [arg for arg in kwargs if not accepts(target, arg)]
         if unknown:
@@ -240,6 +254,24 @@ def call_with(target: Callable, key: str, args: Mapping[str, Any], offered: Mapp
         refused = next((arg for arg in args if f"'{arg}'" in first), None)
         where = f"{key.removesuffix('._target_')}.{refused}" if refused else key
         raise ConfigError(f"{where}: {name} failed: {first}") from None
+
+
+def instantiated(value: Any, key: str) -> Any:
+    """`value` with every nested ``{_target_: ...}`` made into its object (Hydra's
+    `instantiate`, recursively), so an argument can itself be a part of yours.
+
+    Raises:
+      ConfigError: naming `key` when a nested target cannot be imported or called.
+    """
+    if isinstance(value, Mapping) and "_target_" in value:
+        target = resolve(str(value["_target_"]), f"{key}._target_")
+        args = {k: v for k, v in value.items() if k != "_target_"}
+        return call_with(target, f"{key}._target_", args)
+    if isinstance(value, Mapping):
+        return {k: instantiated(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [instantiated(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
 
 
 @attrs.frozen

@@ -6,12 +6,13 @@ This module owns the picture a person opens after a run. It reads only the epoch
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from composeloop.engine.events import Handler, on_run_end
+from composeloop.files import write_atomically
 
 _PREFIXES = {"train_": "train", "val_": "validation"}
 
@@ -61,10 +62,10 @@ def plot_curves(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=100)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
+    write_atomically(path, png.getvalue())
 
 
 def curves(path: Path, title: str = "") -> Handler:

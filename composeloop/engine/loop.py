@@ -10,6 +10,7 @@ functions never retrace. It writes no files: handlers do.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -84,6 +85,7 @@ def run_loop(
     validation_data: Callable[[], tf.data.Dataset] | None = None,
     handlers: Sequence[Handler] = (),
     state: RunState | None = None,
+    validation_weights: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> RunState:
     """Trains until `epochs` epochs are done or a handler asks to stop; the full-control loop.
 
@@ -96,6 +98,9 @@ def run_loop(
       handlers: event handlers (see `composeloop.engine.events`), called in order.
       state: where to start: a restored `RunState` to resume (its `epoch`, `batch` and
         `history`); None starts at epoch 0, batch 0.
+      validation_weights: () -> a context manager entered around each validation pass,
+        e.g. ``lambda: ema_weights(program)`` to validate the EMA weights; the training
+        weights are back before the epoch-end handlers (checkpoints) run.
 
     Returns:
       The final `RunState`: `history` (one dict per epoch: ``epoch`` 1-based,
@@ -125,7 +130,8 @@ def run_loop(
         logs.update({f"train_{name}": value for name, value in program.results("train").items()})
         if validation_data is not None:
             program.reset("eval")
-            run_epoch(program, "eval", validation_data())
+            with (validation_weights or contextlib.nullcontext)():
+                run_epoch(program, "eval", validation_data())
             logs.update({f"val_{name}": value for name, value in program.results("eval").items()})
         logs["seconds"] = time.perf_counter() - started
         state.history.append(logs)
@@ -145,6 +151,7 @@ def fit(
     validation_data: Callable[[], tf.data.Dataset] | None = None,
     on_epoch_end: Sequence[EpochHandler] = (),
     handlers: Sequence[Handler] = (),
+    validation_weights: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Trains for `epochs` epochs, validating after each; returns each epoch's logs.
 
@@ -158,6 +165,7 @@ def fit(
       validation_data: () -> validation batches, or None for no validation.
       on_epoch_end: functions called with each epoch's logs, in order.
       handlers: event handlers, as for `run_loop`.
+      validation_weights: as for `run_loop` (e.g. ``lambda: ema_weights(program)``).
 
     Returns:
       One dict per epoch: ``epoch`` (1-based), ``train_<metric>``, ``val_<metric>``,
@@ -169,7 +177,12 @@ def fit(
     """
     simple = [_logs_handler(fn) for fn in on_epoch_end]
     state = run_loop(
-        program, train_data, epochs=epochs, validation_data=validation_data, handlers=[*simple, *handlers]
+        program,
+        train_data,
+        epochs=epochs,
+        validation_data=validation_data,
+        handlers=[*simple, *handlers],
+        validation_weights=validation_weights,
     )
     return state.history
 

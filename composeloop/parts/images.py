@@ -7,12 +7,13 @@ file). It knows nothing of models or training.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from composeloop.files import write_atomically
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -72,7 +73,5 @@ def save_grid(path: str | Path, images: np.ndarray, columns: int = 8, **options:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(png_bytes(tile(images, columns, **options)))
-    os.replace(temporary, path)
+    write_atomically(path, png_bytes(tile(images, columns, **options)))
     return path

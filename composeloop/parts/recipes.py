@@ -22,15 +22,30 @@ from composeloop.step import (
     optimizer_apply,
     sparse_categorical_crossentropy,
 )
+from composeloop.step.aggregate import Aggregate
+from composeloop.step.apply import Apply
+from composeloop.step.forward import Forward
 from composeloop.step.gradients import Transform
+from composeloop.step.losses import Loss
 
 
 def classifier_phase(
-    optimizer: Any, *, model: str = "model", transform: Transform | None = None, metrics: Sequence[Metric] = ()
+    optimizer: Any,
+    *,
+    model: str = "model",
+    transform: Transform | None = None,
+    metrics: Sequence[Metric] = (),
+    forward: Forward | None = None,
+    loss: Loss | None = None,
+    aggregate: Aggregate | None = None,
+    apply: Apply | None = None,
 ) -> Phase:
     """One phase: logits from `model`, sparse cross-entropy averaged over the global batch
     plus the model's own losses, optional gradient transforms, the optimizer, and mean
     loss and accuracy metrics, then any extra `metrics`.
+
+    Any slot's stage can be replaced: `forward` (must give ``logits``), `loss` (must give
+    per-example ``loss``), `aggregate`, and `apply` (then `optimizer` is not used).
 
     Example:
       >>> from composeloop.step import clip_by_global_norm
@@ -40,10 +55,10 @@ def classifier_phase(
     """
     return Phase(
         name="classifier",
-        forward=call_model(model, inputs="x", output="logits"),
-        loss=sparse_categorical_crossentropy(labels="y", logits="logits", name="loss"),
-        aggregate=mean_and_model_losses(),
-        apply=optimizer_apply(optimizer),
+        forward=forward or call_model(model, inputs="x", output="logits"),
+        loss=loss or sparse_categorical_crossentropy(labels="y", logits="logits", name="loss"),
+        aggregate=aggregate or mean_and_model_losses(),
+        apply=apply or optimizer_apply(optimizer),
         trains=(model,),
         transform=transform or identity(),
         metrics=(mean_loss("loss"), accuracy("accuracy", labels="y", logits="logits"), *metrics),
@@ -51,9 +66,13 @@ def classifier_phase(
 
 
 def classifier_step(
-    model: Any, optimizer: Any, *, transform: Transform | None = None, metrics: Sequence[Metric] = ()
+    model: Any, optimizer: Any, *, transform: Transform | None = None, metrics: Sequence[Metric] = (), **stages: Any
 ) -> Step:
     """The composed classifier step for one built Keras model (the default ``step._target_``).
+
+    `stages` replace a slot's stage as in `classifier_phase` (`forward`, `loss`,
+    `aggregate`, `apply`); from the command line, Hydra-style:
+    ``'++step.loss={_target_: my_pkg.focal_loss, gamma: 2.0}'``.
 
     Example:
       >>> from composeloop.engine import compile_step, fit
@@ -63,4 +82,5 @@ def classifier_step(
       >>> len(history), sorted(history[-1])
       (3, ['epoch', 'seconds', 'train_accuracy', 'train_loss'])
     """
-    return compose(classifier_phase(optimizer, transform=transform, metrics=metrics), models={"model": model})
+    phase = classifier_phase(optimizer, transform=transform, metrics=metrics, **stages)
+    return compose(phase, models={"model": model})

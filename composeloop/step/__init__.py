@@ -7,6 +7,8 @@ Nothing here knows about Hydra, files, printing or `tf.distribute`; the engine t
 from composeloop.step.aggregate import global_mean, mean_and_model_losses, model_losses, total, weighted
 from composeloop.step.apply import OptimizerApply, optimizer_apply
 from composeloop.step.compose import Step, compose, fold_seed
+from composeloop.step.decay import DecoupledWeightDecay, add_decayed_weights, decoupled_weight_decay
+from composeloop.step.ema import ExponentialMovingAverage, ema, ema_stages, ema_weights
 from composeloop.step.forward import call_model
 from composeloop.step.gan import (
     GAN_LOSSES,
@@ -30,22 +32,30 @@ from composeloop.step.gradients import (
     scale,
     skip_nonfinite,
 )
+from composeloop.step.groups import masked, partition
+from composeloop.step.lookahead import Lookahead, lookahead
 from composeloop.step.losses import sparse_categorical_crossentropy
 from composeloop.step.metrics import Metric, accuracy, mean_loss, mean_output, merge
 from composeloop.step.phase import Phase
 from composeloop.step.records import LOCAL, Context, Gradients, Replication
+from composeloop.step.wrapping import ApplyWrapper
 
 __all__ = [
-    "GAN_LOSSES",
-    "LOCAL",
+    "ApplyWrapper",
     "Context",
+    "DecoupledWeightDecay",
+    "ExponentialMovingAverage",
+    "GAN_LOSSES",
     "Gradients",
+    "LOCAL",
+    "Lookahead",
     "Metric",
     "OptimizerApply",
     "Phase",
     "Replication",
     "Step",
     "accuracy",
+    "add_decayed_weights",
     "all_finite",
     "call_model",
     "chain",
@@ -54,8 +64,12 @@ __all__ = [
     "clip_by_value",
     "combine",
     "compose",
+    "decoupled_weight_decay",
     "discriminate",
     "discriminator_loss",
+    "ema",
+    "ema_stages",
+    "ema_weights",
     "fold_seed",
     "generate",
     "generator_loss",
@@ -64,13 +78,16 @@ __all__ = [
     "gradient_penalty",
     "identity",
     "latent_noise",
+    "lookahead",
     "map_gradients",
+    "masked",
     "mean_and_model_losses",
     "mean_loss",
     "mean_output",
     "merge",
     "model_losses",
     "optimizer_apply",
+    "partition",
     "scale",
     "skip_nonfinite",
     "sparse_categorical_crossentropy",

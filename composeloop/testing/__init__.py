@@ -5,7 +5,9 @@ the engine does, and raises `InvariantViolation` (an `AssertionError`) whose mes
 the invariant, the variable or field, and the size of the violation:
 
 - `check_global_norm_clip` (1), `check_aggregate_linearity` (2), `check_skip_nonfinite` (5);
-- `check_replica_invariance` (3, 9), `check_phase_isolation` (6);
+- `check_replica_invariance` (3, 9), `check_accumulation` (4), `check_phase_isolation` (6);
+- `check_ema_replica_invariance` (3, 9 for `ema`), `check_masked_untouched` (`masked`,
+  `partition`, weight decay's ``exclude``);
 - `check_batch_split_invariance` (7), `check_metric_range` and `check_reset_gives_empty` (8);
 - `check_exact_resume` (10).
 
@@ -32,20 +34,29 @@ from composeloop.testing.harness import (
     mirrored_strategy,
     split_batch,
 )
+from composeloop.testing.masks import check_masked_untouched
 from composeloop.testing.metrics import check_batch_split_invariance, check_metric_range, check_reset_gives_empty
 from composeloop.testing.profiles import load_profile, register_profiles
 from composeloop.testing.resume import check_exact_resume
-from composeloop.testing.steps import check_phase_isolation, check_replica_invariance
+from composeloop.testing.steps import (
+    check_accumulation,
+    check_ema_replica_invariance,
+    check_phase_isolation,
+    check_replica_invariance,
+)
 from composeloop.testing.violations import InvariantViolation
 
 __all__ = [
     "InvariantViolation",
     "StepRunner",
     "cached_programs",
+    "check_accumulation",
     "check_aggregate_linearity",
     "check_batch_split_invariance",
+    "check_ema_replica_invariance",
     "check_exact_resume",
     "check_global_norm_clip",
+    "check_masked_untouched",
     "check_metric_range",
     "check_phase_isolation",
     "check_replica_invariance",

@@ -2,8 +2,9 @@
 
 This module owns what the step checkers share: the process-wide CPU replicas and the one
 `MirroredStrategy` over them, hand-made `Context`s for calling stages directly, and
-`StepRunner`, which compiles a step ONCE and then runs single steps on any batch (split
-over the replicas) from a snapshot of every variable. Batches reach the compiled function
+`StepRunner`, which compiles a step ONCE and then runs steps on any batches (split over
+the replicas) from a snapshot of every variable, stage state (optimizer slots, EMA shadows,
+accumulators, loss scales) included. Batches reach the compiled function
 through a dataset whose batch dimension is unknown, so no batch size retraces it. It asserts
 nothing: the checkers do.
 """
@@ -18,6 +19,7 @@ import tensorflow as tf
 
 from composeloop.engine import Program, compile_step
 from composeloop.step import Context, Replication, Step
+from composeloop.step.apply import apply_variables
 
 Batch = Mapping[str, Any]
 _STRATEGIES: dict[int, tf.distribute.Strategy] = {}
@@ -128,11 +130,15 @@ def _padded_dataset(parts: Sequence[Batch]) -> tf.data.Dataset:
     return dataset.map(lambda features, length: {name: value[:length] for name, value in features.items()})
 
 
-def step_variables(step: Step) -> list[tf.Variable]:
-    """Every variable a step owns: the models' weights, then each phase's optimizer's."""
+def step_variables(step: Step, program: Program | None = None) -> list[tf.Variable]:
+    """Every variable a step owns: the models' weights, then each phase's apply stage's state
+    (an optimizer's slots, an EMA's shadows), then, given the compiled `program`, what its
+    other stateful stages made (accumulators, loss scales)."""
     variables, seen = [], set()
     owners = [model.weights for model in step.models.values()]
-    owners += [getattr(phase.apply, "optimizer", None) and phase.apply.optimizer.variables for phase in step.phases]
+    owners += [apply_variables(phase.apply) for phase in step.phases]
+    if program is not None:
+        owners += [program.stage_variables[phase.name] for phase in step.phases]
     for group in owners:
         for variable in group or ():
             if id(variable) not in seen:
@@ -170,7 +176,7 @@ class StepRunner:
         them to `start`, if given."""
         self.step = step
         self.program: Program = compile_step(step, strategy=strategy)
-        self.variables = list(variables) if variables is not None else step_variables(step)
+        self.variables = list(variables) if variables is not None else step_variables(step, self.program)
         self.names = [variable_name(v) for v in self.variables]
         if start is not None:
             self._assign(start)
@@ -196,14 +202,20 @@ class StepRunner:
 
     def train_once(self, parts: Sequence[Batch]) -> None:
         """Runs one training step from the variables as they are, replica i reading ``parts[i]``."""
-        if len(parts) != self.replicas:
-            raise ValueError(f"give one part per replica: {self.replicas} replicas, {len(parts)} parts")
-        dataset = _padded_dataset(parts)
+        self.train_steps([parts])
+
+    def train_steps(self, steps: Sequence[Sequence[Batch]]) -> None:
+        """Runs ``len(steps)`` training steps in one call, replica i of step s reading ``steps[s][i]``."""
+        for parts in steps:
+            if len(parts) != self.replicas:
+                raise ValueError(f"give one part per replica: {self.replicas} replicas, {len(parts)} parts")
+        # Replica i takes every replicas-th element from the i-th on: the parts in order.
+        dataset = _padded_dataset([part for parts in steps for part in parts])
         if self.replicas == 1:
             iterator = iter(dataset)
         else:
             iterator = iter(self.program.strategy.distribute_datasets_from_function(lambda _: dataset))
-        self.program.train(iterator, 1)
+        self.program.train(iterator, len(steps))
 
     def run(
         self, parts: Sequence[Batch], start: Sequence[np.ndarray] | None = None, at_step: int = 0
@@ -255,6 +267,8 @@ def cached_programs() -> list[Program]:
     """
     programs = []
     for _, made in _RUNNERS.values():
-        runners = [made] if isinstance(made, StepRunner) else [made.one, made.many]
+        # A pair of runners (replicas, accumulation) holds them as attributes.
+        held = [made] if isinstance(made, StepRunner) else list(vars(made).values())
+        runners = [runner for runner in held if isinstance(runner, StepRunner)]
         programs += [runner.program for runner in runners]
     return programs
