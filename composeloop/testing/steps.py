@@ -223,8 +223,9 @@ def check_ema_replica_invariance(
       batches: the global batch of each step, in order.
       splits: examples per replica for each batch; default even.
       replicas: N.
-      rtol, atol: on each variable's change over the steps (float32 all-reduces sum in
-        another order: about 1e-7 relative per step).
+      rtol: on each variable's change over the steps (float32 all-reduces sum in another
+        order: about 1e-7 relative per step).
+      atol: absolute slack on each variable's change.
 
     Raises:
       ValueError: the step holds no EMA stage.
@@ -232,7 +233,15 @@ def check_ema_replica_invariance(
         that differs, and by how much.
 
     Example:
-      >>> check_ema_replica_invariance(lambda: my_step_with_ema(), [batch_a, batch_b], [[3, 5], [8, 0]])
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> from composeloop.step import ema
+      >>> def sgd(gradients, variables):  # an apply stage of one's own: w -= 0.1 g
+      ...     for g, v in zip(gradients, variables):
+      ...         v.assign(v - 0.1 * g)
+      >>> def build_step():  # an EMA of the weights around the apply stage
+      ...     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+      ...     return classifier_step(net, None, apply=ema(sgd, 0.9))
+      >>> check_ema_replica_invariance(build_step, [batch, batch], [[3, 5], [8, 0]])
     """
     pair = cached_runner(("replicas", build_step, replicas), build_step, lambda: _ReplicaPair(build_step, replicas))
     if not ema_stages(pair.one.step):
@@ -294,14 +303,19 @@ def check_accumulation(
       build_step: builds the step WITHOUT accumulation; called twice, then cached for the
         process (pass the same function for every example).
       micro_batches: k >= 2 batches, of any sizes (at least one example each).
-      rtol, atol: on each variable's update (float32 sums in another order).
+      rtol: on each variable's update (float32 sums in another order).
+      atol: absolute slack on each variable's update.
       metric_rtol: on metric states.
 
     Raises:
       InvariantViolation: naming the variable or metric field that differs, and by how much.
 
     Example:
-      >>> check_accumulation(lambda: classifier_step(tiny_model(), SGD(0.1)), [batch_of_3, batch_of_5])
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> def build_plain():  # WITHOUT accumulation: the checker adds it
+      ...     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+      ...     return classifier_step(net, keras.optimizers.SGD(0.1))
+      >>> check_accumulation(build_plain, [{"x": x[:3], "y": y[:3]}, {"x": x[3:], "y": y[3:]}])
     """
     every = len(micro_batches)
     if every < 2:
