@@ -1,10 +1,13 @@
-"""TF_CONFIG: the cluster description every multi-worker process reads from its environment.
+"""Cluster membership: which worker this process is, from TF_CONFIG or from SLURM's srun.
 
-This module owns reading and checking TF_CONFIG (a malformed one is a `ConfigError` naming
-the key, raised before TensorFlow loads) and writing one per local worker for the
-launcher. It is plain Python and lives outside `engine` (whose import loads TensorFlow) on
-purpose: the CLI checks TF_CONFIG in its preflight, and the launcher writes TF_CONFIGs,
-without paying for TensorFlow's import. It does not create strategies (see `engine.strategies`).
+This module owns reading and checking TF_CONFIG (written by hand, by `composeloop.launch`,
+or by Kubeflow's TFJob), writing one per local worker for the launcher, and deciding which
+description applies (`resolve`, with ``cluster=auto|tf_config|slurm``): TF_CONFIG, or the
+job step srun describes (read by `composeloop.slurm`). A malformed environment is a
+`ConfigError` naming the variable, raised before TensorFlow loads. It is plain Python and lives outside `engine`
+(whose import loads TensorFlow) on purpose: the CLI checks the cluster in its preflight,
+and the launcher writes TF_CONFIGs, without paying for TensorFlow's import. It does not
+create strategies (see `engine.strategies`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from composeloop.errors import ConfigError
+from composeloop.vocabulary import Cluster
+
+if TYPE_CHECKING:
+    from composeloop.slurm import SlurmStep
 
 JOBS = ("chief", "worker")
 
@@ -101,7 +108,7 @@ def require_task(environ: Mapping[str, str] | None = None) -> Task:
     if task is None:
         raise ConfigError(
             "TF_CONFIG: strategy=multi_worker needs the TF_CONFIG environment variable "
-            "(or start the workers with python -m composeloop.launch)"
+            "(or start the workers with python -m composeloop.launch, or with srun under SLURM)"
         )
     return task
 
@@ -118,3 +125,49 @@ def local_tf_configs(ports: Sequence[int]) -> list[str]:
         json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
         for index in range(len(workers))
     ]
+
+
+# -- which cluster ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Membership:
+    """Where this process's cluster came from, its task, and under SLURM its job step."""
+
+    source: Cluster
+    task: Task
+    step: SlurmStep | None = None
+
+
+def described(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment describes a cluster at all: a SLURM job step of several
+    tasks, or a TF_CONFIG (checked or not)."""
+    from composeloop.slurm import in_slurm_step
+
+    environ = os.environ if environ is None else environ
+    return in_slurm_step(environ) or bool(environ.get("TF_CONFIG", "").strip())
+
+
+def resolve(kind: Cluster | str = Cluster.auto, environ: Mapping[str, str] | None = None) -> Membership:
+    """This process's task in a multi-worker run, from TF_CONFIG or from SLURM's srun.
+
+    Args:
+      kind: "tf_config", "slurm", or "auto": SLURM inside a SLURM job step with more than
+        one task (`in_slurm_step`), else TF_CONFIG.
+      environ: the environment (default: os.environ).
+
+    Raises:
+      ConfigError: naming the variable at fault, or saying none describes a cluster.
+
+    Example:
+      >>> resolve("auto", {"TF_CONFIG": '{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker"}}'}).source
+      <Cluster.tf_config: 'tf_config'>
+    """
+    from composeloop.slurm import in_slurm_step, slurm_step, slurm_task
+
+    kind = Cluster(kind) if isinstance(kind, str) else kind
+    environ = os.environ if environ is None else environ
+    if kind is Cluster.slurm or (kind is Cluster.auto and in_slurm_step(environ)):
+        step = slurm_step(environ)
+        return Membership(Cluster.slurm, slurm_task(step), step)
+    return Membership(Cluster.tf_config, require_task(environ))

@@ -31,3 +31,7 @@ class CheckpointError(ComposeloopError):
 
 class NonFiniteLossError(ComposeloopError):
     """Training met a NaN or infinite loss under ``nan_policy=raise`` (names the step)."""
+
+
+class ClusterError(ComposeloopError):
+    """A multi-worker cluster did not come together: names the task that never answered."""

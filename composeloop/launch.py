@@ -3,12 +3,19 @@
 This module owns starting N local `python -m composeloop ARGS` worker processes, each with
 a TF_CONFIG naming all of them on free loopback ports, streaming their output with a
 ``[worker i]`` prefix, and exiting non-zero when any of them fails (the others are then
-stopped: they would wait forever for the missing worker's collectives). Worker 0 is the
-chief and writes the run directory (``hydra.run.dir`` if given, else Hydra's usual
-``outputs/DATE/TIME``); every other worker runs in a temporary directory that is removed
-afterwards. On a real cluster there is no launcher: start one ``python -m composeloop ...
-strategy=multi_worker`` per machine, each with its own TF_CONFIG. Nothing imports this
-module; it imports neither TensorFlow nor Hydra.
+stopped: they would wait forever for the missing worker's collectives). Every worker is
+given the same run directory (``hydra.run.dir`` if given, else Hydra's usual
+``outputs/DATE/TIME``), as on a cluster with a shared file system: worker 0 is the chief
+and writes the run's files there; the others read its checkpoints to resume and write
+their own copies elsewhere (`composeloop.engine.strategies.output_directory`).
+
+SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 sent to the launcher are passed on to every worker
+once; the workers agree to stop after the same step, the chief checkpoints, and all exit
+with 128 + the signal, which the launcher then exits with. A worker that exits with such
+a status leaves the others time to finish their own stop; any other failure stops them at
+once. On a real cluster there is no launcher: start one ``python -m composeloop ...
+strategy=multi_worker`` per machine, each with its own TF_CONFIG, or use srun under SLURM.
+Nothing imports this module; it imports neither TensorFlow nor Hydra.
 
 Example:
   python -m composeloop.launch --workers 2 -- +experiment=multi_gpu strategy=multi_worker
@@ -19,19 +26,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shutil
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from typing import IO
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, Any
 
 from composeloop.cluster import local_tf_configs
 
 POLL_S = 0.2
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOPPED = {128 + int(number) for number in FORWARDED}  # a worker's exit after an agreed stop
+STOP_GRACE_S = 120.0  # how long the others may take to reach the same stop and save
 
 
 def free_ports(count: int) -> list[int]:
@@ -53,15 +63,12 @@ def _run_directory(args: Sequence[str]) -> str:
     return given[-1] if given else os.path.join("outputs", datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S"))
 
 
-def worker_commands(args: Sequence[str], workers: int, scratch: str) -> list[list[str]]:
-    """The command line of each worker: the chief writes the run directory, others `scratch`."""
-    others = [arg for arg in args if not arg.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
-    base = [sys.executable, "-m", "composeloop", *others]
-    commands = [[*base, f"hydra.run.dir={_run_directory(args)}"]]
-    for index in range(1, workers):
-        place = os.path.join(scratch, f"worker-{index}")
-        commands.append([*base, f"hydra.run.dir={place}", "hydra.output_subdir=null"])
-    return commands
+def worker_commands(args: Sequence[str], workers: int) -> list[list[str]]:
+    """The command line of each worker: all share the run directory; only the chief keeps
+    Hydra's record of the config in it (``.hydra/``)."""
+    others = [arg for arg in args if not arg.startswith("hydra.run.dir=")]
+    base = [sys.executable, "-m", "composeloop", *others, f"hydra.run.dir={_run_directory(args)}"]
+    return [base] + [[*base, "hydra.output_subdir=null"] for _ in range(1, workers)]
 
 
 def _stream(prefix: str, source: IO[str], sink: IO[str], lock: threading.Lock) -> None:
@@ -71,7 +78,11 @@ def _stream(prefix: str, source: IO[str], sink: IO[str], lock: threading.Lock) -
             sink.flush()
 
 
-def _stop(processes: Sequence[subprocess.Popen]) -> None:
+def _stop(processes: Sequence[subprocess.Popen], grace_s: float = 0.0) -> None:
+    """Waits up to `grace_s` for the workers to end by themselves, then terminates the rest."""
+    deadline = time.monotonic() + grace_s
+    while any(process.poll() is None for process in processes) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
     for process in processes:
         if process.poll() is None:
             process.terminate()
@@ -99,31 +110,58 @@ def launch(args: Sequence[str], workers: int) -> int:
       0
     """
     configs = local_tf_configs(free_ports(workers))
-    scratch = tempfile.mkdtemp(prefix="composeloop-launch-")
     lock = threading.Lock()
     processes: list[subprocess.Popen] = []
     threads = []
+    grace_s = 0.0
     try:
-        for index, command in enumerate(worker_commands(args, workers, scratch)):
-            environment = {**os.environ, "TF_CONFIG": configs[index], "PYTHONUNBUFFERED": "1"}
-            process = subprocess.Popen(
-                command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-            )
-            processes.append(process)
-            thread = threading.Thread(target=_stream, args=(f"[worker {index}] ", process.stdout, sys.stdout, lock))
-            thread.start()
-            threads.append(thread)
-        while True:
-            running = [process.poll() is None for process in processes]
-            failed = [process.returncode for process in processes if process.returncode not in (None, 0)]
-            if failed or not any(running):
-                return failed[0] if failed else 0  # `finally` stops whoever still runs
-            time.sleep(POLL_S)
+        with _forwarding_signals(processes):
+            for index, command in enumerate(worker_commands(args, workers)):
+                environment = {**os.environ, "TF_CONFIG": configs[index], "PYTHONUNBUFFERED": "1"}
+                process = subprocess.Popen(
+                    command,
+                    env=environment,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    bufsize=1,
+                    start_new_session=True,  # Ctrl-C reaches the launcher only, which passes it on once
+                )
+                processes.append(process)
+                thread = threading.Thread(target=_stream, args=(f"[worker {index}] ", process.stdout, sys.stdout, lock))
+                thread.start()
+                threads.append(thread)
+            while True:
+                running = [process.poll() is None for process in processes]
+                failed = [process.returncode for process in processes if process.returncode not in (None, 0)]
+                if failed or not any(running):
+                    grace_s = STOP_GRACE_S if failed and failed[0] in STOPPED else 0.0
+                    return failed[0] if failed else 0  # `finally` stops whoever still runs
+                time.sleep(POLL_S)
     finally:
-        _stop(processes)
+        _stop(processes, grace_s)
         for thread in threads:
             thread.join()
-        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def _forwarding_signals(processes: Sequence[subprocess.Popen]) -> Iterator[None]:
+    """While the block runs, SIGTERM, SIGINT and SIGUSR1 to the launcher go to every worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(number: int, frame: Any) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(number)
+
+    previous = {number: signal.signal(number, forward) for number in FORWARDED}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--workers must be >= 1, got {options.workers}")
     args = options.args[1:] if options.args[:1] == ["--"] else options.args
     status = launch(args, options.workers)
-    if status:
+    if status in STOPPED:
+        name = signal.Signals(status - 128).name
+        print(f"composeloop.launch: the workers stopped together on {name} (exit {status})", file=sys.stderr)
+    elif status:
         print(f"composeloop.launch: a worker failed (exit {status}); stopped the others", file=sys.stderr)
     sys.exit(status)
 

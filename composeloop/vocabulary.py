@@ -43,6 +43,15 @@ class StrategyKind(enum.Enum):
     multi_worker = "multi_worker"  # synchronous replicas over processes or machines
 
 
+class Cluster(enum.Enum):
+    """Where a multi-worker run learns its cluster: `auto` picks SLURM inside a SLURM job
+    step with more than one task, else TF_CONFIG (see `composeloop.cluster.resolve`)."""
+
+    auto = "auto"
+    tf_config = "tf_config"  # TF_CONFIG: composeloop.launch, Kubeflow's TFJob, by hand
+    slurm = "slurm"  # srun's SLURM_* variables
+
+
 class Precision(enum.Enum):
     """Keras dtype policies a run computes in."""
 
@@ -68,6 +77,7 @@ class Mode(enum.Enum):
     evaluate = "evaluate"  # the checkpointed weights on the validation data: evaluation.json
     predict = "predict"  # the model on predict.input: predictions.npz
     export = "export"  # a SavedModel for serving: export/
+    lr_find = "lr_find"  # the learning-rate range test: lr_find.png, summary.json
 
 
 class Weights(enum.Enum):

@@ -1,8 +1,12 @@
-"""Shared test settings: Hypothesis profiles, quiet TensorFlow, tiny data."""
+"""Shared test settings: Hypothesis profiles, quiet TensorFlow, tiny data, the local SLURM cluster."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,3 +19,33 @@ configure_cpu_replicas(2)
 # ci: derandomized and bounded, so CI is deterministic and fast; dev: the default for
 # people; thorough: many more examples, for a change to the invariants' code.
 load_profile()
+
+
+def pytest_configure(config) -> None:
+    # Registered here until pyproject.toml's [tool.pytest.ini_options] markers list it.
+    config.addinivalue_line("markers", "slurm: needs the local SLURM cluster of scripts/slurm-cluster.sh")
+
+
+SLURM_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "slurm-cluster.sh"
+
+
+def _slurm_script(command: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SLURM_SCRIPT), command], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """The one-node SLURM cluster of scripts/slurm-cluster.sh, started if it is not running.
+
+    Missing packages are installed first; the test is skipped, with the script's one-line
+    reason, only when they cannot be installed here (no root, no apt-get). CI runs the
+    script's install and start before the tests, so there nothing is skipped.
+    """
+    if _slurm_script("status", 60).returncode == 0:
+        return
+    installed = _slurm_script("install", 900)
+    if installed.returncode != 0:
+        lines = (installed.stderr + installed.stdout).strip().splitlines()
+        pytest.skip(f"SLURM cannot be installed here: {lines[-1] if lines else installed.returncode}")
+    started = _slurm_script("start", 300)
+    assert started.returncode == 0, f"scripts/slurm-cluster.sh start failed: {started.stdout}{started.stderr}"

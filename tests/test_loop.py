@@ -192,7 +192,7 @@ def test_reports_metric_files_curves_and_tensorboard(tmp_path):
         return found
 
     assert {"loss", "accuracy", "learning_rate/classifier", "grad_norm/classifier", "steps_per_second"} <= tags("train")
-    assert {"loss", "accuracy"} <= tags("validation")
+    assert {"loss", "accuracy"} <= tags("val")
 
 
 def test_schedules():

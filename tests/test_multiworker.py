@@ -63,10 +63,11 @@ def test_multi_gpu_on_cpu_runs_two_logical_devices(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_two_workers_on_loopback_end_with_the_one_process_weights(tmp_path, reference):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_on_loopback_end_with_the_one_process_weights(tmp_path, reference, workers):
     directory = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "composeloop.launch", "--workers", "2", "--", "+experiment=multi_gpu"]
+        [sys.executable, "-m", "composeloop.launch", "--workers", str(workers), "--", "+experiment=multi_gpu"]
         + ["strategy=multi_worker", *RUN, f"hydra.run.dir={directory}"],
         cwd=tmp_path,
         env={key: value for key, value in os.environ.items() if key not in ("TF_CONFIG", "HYDRA_FULL_ERROR")},
@@ -75,9 +76,10 @@ def test_two_workers_on_loopback_end_with_the_one_process_weights(tmp_path, refe
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for index in (0, 1):
-        assert f"[worker {index}] composeloop: MultiWorkerMirroredStrategy: worker {index} of 2" in result.stdout
-    assert summary(directory)["replicas"] == 2
+    for index in range(workers):
+        note = f"composeloop: MultiWorkerMirroredStrategy: worker {index} of {workers}"
+        assert f"[worker {index}] {note}" in result.stdout
+    assert summary(directory)["replicas"] == workers
     assert_same_weights(directory, reference)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]  # the other worker wrote nothing here
 
@@ -102,19 +104,17 @@ def test_one_worker_failing_stops_the_others(monkeypatch, capsys):
 
     waiting = [sys.executable, "-c", "import time; print('waiting', flush=True); time.sleep(120)"]
     failing = [sys.executable, "-c", "import sys, time; time.sleep(1); sys.exit(3)"]
-    monkeypatch.setattr(launcher, "worker_commands", lambda args, workers, scratch: [waiting, failing])
+    monkeypatch.setattr(launcher, "worker_commands", lambda args, workers: [waiting, failing])
     started = time.monotonic()
     assert launcher.launch([], workers=2) == 3
     assert time.monotonic() - started < 60
     assert "[worker 0] waiting" in capsys.readouterr().out
 
 
-def test_chief_writes_the_run_directory_and_others_a_scratch_one(tmp_path):
-    commands = worker_commands(["strategy=multi_worker", "hydra.run.dir=out"], 3, str(tmp_path))
-    assert commands[0][-1] == "hydra.run.dir=out"
-    assert [c[-2:] for c in commands[1:]] == [
-        [f"hydra.run.dir={tmp_path / f'worker-{i}'}", "hydra.output_subdir=null"] for i in (1, 2)
-    ]
+def test_workers_share_the_run_directory_and_only_the_chief_records_the_config():
+    commands = worker_commands(["hydra.run.dir=elsewhere", "strategy=multi_worker", "hydra.run.dir=out"], 3)
+    assert commands[0][-2:] == ["strategy=multi_worker", "hydra.run.dir=out"]
+    assert [c[-2:] for c in commands[1:]] == [["hydra.run.dir=out", "hydra.output_subdir=null"]] * 2
 
 
 def test_bad_launcher_arguments_are_one_line(tmp_path):

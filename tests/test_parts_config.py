@@ -105,12 +105,15 @@ def composed(*overrides: str):
 # ---------------------------------------------------------------------------- each part by _target_
 
 
-def test_the_issues_adamw_command_line_builds_adamw_with_its_weight_decay():
+def test_the_issues_adamw_command_line_builds_adamw_decayed_once_by_composeloop():
+    # optimizer.weight_decay is composeloop's decoupled decay (maskable); AdamW's own is off.
     config, composition = composed("optimizer._target_=keras.optimizers.AdamW", "++optimizer.weight_decay=0.01")
     optimizer = composition.step.phases[0].apply.optimizer
     assert isinstance(optimizer, keras.optimizers.AdamW)
-    assert optimizer.weight_decay == pytest.approx(0.01)
+    assert optimizer.weight_decay is None
     assert float(optimizer.learning_rate) == pytest.approx(config.optimizer.learning_rate)
+    wrapped = build.wrap_apply(composition.step, config.optimizer, config.train).phases[0].apply
+    assert wrapped.rate == pytest.approx(0.01) and wrapped.inner.optimizer is optimizer
 
 
 def test_optimizer_keys_reach_a_target_that_takes_them_and_refuse_one_that_does_not():
@@ -219,7 +222,7 @@ def test_a_composition_refuses_an_override_of_a_part_it_never_uses():
         (("model._target_=does.not.exist",), "model._target_: cannot import 'does.not.exist'"),
         (("optimizer._target_=keras.optimizers.NoSuchThing",), "keras.optimizers has no 'NoSuchThing'"),
         (("gradient.transforms=[no_such_transform]",), "gradient.transforms[0]: unknown 'no_such_transform'"),
-        (("++optimizer.weight_decay=0.01",), "optimizer.weight_decay: not a key of the built-in optimizer"),
+        (("++optimizer.amsgrad=true",), "optimizer.amsgrad: not a key of the built-in optimizer"),
         (("train.accumulate=99999999999999999999",), "train.accumulate: must be an integer in [1, 2147483647]"),
     ],
 )

@@ -1,98 +1,21 @@
-"""Search with ``hydra/sweeper=optuna``: a persistent study, pruning inside jobs, parallel trials.
+"""Search with Optuna, in-process: pruning inside a job, a study's metric, trials a killed search left.
 
-The end-to-end cases run the real sweeper plugin, Optuna's SQLite storage and Hydra's
-launchers (basic, and joblib with jobs in other processes) as subprocesses over
-tests/search_app, a Hydra app whose job is composeloop's loop handlers over epochs that
-take no time (no TensorFlow training; marked slow for the subprocesses), tracked in MLflow. The job side
-of pruning and the settling of trials a killed search left running are checked in-process.
+The job side of pruning runs composeloop's loop handlers over epochs that take no time;
+the sweeper end to end (persistence, pruning, a rerun adding trials, joblib's parallel
+trials, MLflow) runs through the real CLI in tests/test_search_cli.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
-from composeloop.app import search, tracking
+from composeloop.app import search, search_job
 from composeloop.engine.events import Event, RunState, dispatch
-
-ROOT = Path(__file__).resolve().parents[1]
-APP = Path(__file__).resolve().parent / "search_app" / "app.py"
-SPACE = ("optimizer.learning_rate=tag(log,interval(1e-4,3e-1))", "gradient.clip_global_norm=choice(0.5,1.0,5.0)")
-
-
-def run_app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, str(APP), "-m", "hydra/sweeper=optuna", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result
-
-
-def load(sweep: Path) -> optuna.Study:
-    return optuna.load_study(study_name="composeloop", storage=f"sqlite:///{sweep / 'optuna.db'}")
-
-
-def states(study: optuna.Study) -> list[str]:
-    return [trial.state.name.lower() for trial in study.trials]
-
-
-@pytest.mark.slow
-def test_a_search_persists_prunes_and_a_rerun_adds_trials_to_the_same_study(tmp_path):
-    sweep = tmp_path / "sweep"
-    common = (*SPACE, f"hydra.sweep.dir={sweep}", "hydra.sweeper.startup_trials=2", "tracking.backend=mlflow")
-    run_app("hydra.sweeper.n_trials=6", *common, cwd=tmp_path)
-    study = load(sweep)
-    assert len(study.trials) == 6 and "pruned" in states(study) and "complete" in states(study)
-    assert {"fail", "running"}.isdisjoint(states(study))
-    pruned = next(trial for trial in study.trials if trial.state.name == "PRUNED")
-    assert pruned.user_attrs["status"] == "pruned" and len(pruned.intermediate_values) < 4  # stopped early
-    summary = json_lines(sweep / "sweep_summary.csv")
-    assert [row["status"] for row in summary] == [trial.user_attrs["status"] for trial in study.trials]
-    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert results["best"]["value"] == study.best_value and results["direction"] == "maximize"
-    assert (sweep / "search.png").stat().st_size > 10_000
-
-    first = [trial.params for trial in study.trials]
-    # Again into the same sweep directory, two trials at a time in joblib's worker processes.
-    run_app("hydra.sweeper.n_trials=4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *common, cwd=tmp_path)
-    again = load(sweep)
-    assert len(again.trials) == 10
-    assert [t.params for t in again.trials[:6]] == first  # the first six untouched
-    assert len({tuple(t.params.items()) for t in again.trials}) == 10  # the rerun did not redraw the same trials
-    assert sorted(int(p.name) for p in sweep.iterdir() if p.name.isdigit()) == list(range(10))  # job == trial
-    assert len(json_lines(sweep / "sweep_summary.csv")) == 10
-    # The jobs reported their epochs to their trials themselves, from other processes.
-    assert all(trial.intermediate_values for trial in again.trials[6:])
-    pids = {json.loads(line)["pid"] for n in range(6, 10) for line in (sweep / str(n) / "metrics.jsonl").open()}
-    assert len(pids) >= 2
-    # In MLflow: one parent run for the sweep (continued by the rerun), one nested run per trial.
-    client = tracking.mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("classifier").experiment_id])
-    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    nested = {int(run.data.tags["optuna.trial"]): run for run in runs if run is not parent}
-    assert {run.data.tags["mlflow.parentRunId"] for run in nested.values()} == {parent.info.run_id}
-    assert sorted(nested) == list(range(10))
-    assert [nested[n].data.tags["status"] for n in range(10)] == [t.user_attrs["status"] for t in again.trials]
-    assert "optimization_results.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-
-
-def json_lines(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-# ---------------------------------------------------------------------------- in-process
 
 
 def new_study(tmp_path: Path, pruner: dict | None = None) -> tuple[optuna.Study, str]:
@@ -101,8 +24,8 @@ def new_study(tmp_path: Path, pruner: dict | None = None) -> tuple[optuna.Study,
     return study, storage
 
 
-def run_epochs(ref: search.TrialRef, values: list[float]) -> RunState:
-    handlers = search.pruning_handlers(ref)
+def run_epochs(ref: search_job.TrialRef, values: list[float]) -> RunState:
+    handlers = search_job.pruning_handlers(ref)
     state = RunState(program=None, epochs=len(values))
     dispatch(handlers, Event.RUN_BEGIN, state)
     for value in values:
@@ -117,10 +40,10 @@ def run_epochs(ref: search.TrialRef, values: list[float]) -> RunState:
 def test_a_job_reports_each_epoch_and_stops_when_its_trial_is_pruned(tmp_path):
     study, storage = new_study(tmp_path, {"name": "median", "warmup_epochs": 1, "startup_trials": 1})
     good = study.ask()
-    assert run_epochs(search.TrialRef(storage, "s", good.number), [0.5, 0.7, 0.9, 0.95]).status == "running"
+    assert run_epochs(search_job.TrialRef(storage, "s", good.number), [0.5, 0.7, 0.9, 0.95]).status == "running"
     search.tell(study, good, search.outcome({"status": "completed", "metrics": {"val_accuracy": 0.95}}, "val_accuracy"))
     bad = study.ask()
-    state = run_epochs(search.TrialRef(storage, "s", bad.number), [0.1, 0.2, 0.3, 0.4])
+    state = run_epochs(search_job.TrialRef(storage, "s", bad.number), [0.1, 0.2, 0.3, 0.4])
     assert state.status == "pruned" and state.epoch == 2  # epoch 1 is the warm-up; judged at epoch 2
     assert "val_accuracy 0.2 at epoch 2" in state.reason
     assert dict(load_from(storage).trials[1].intermediate_values) == {1: 0.1, 2: 0.2}
@@ -178,3 +101,20 @@ def test_the_search_picture_and_results_take_any_trials(tmp_path):
     assert written["trials"] == {"complete": 1, "pruned": 1, "fail": 1} and written["best"]["params"] == {
         "model": "mlp"
     }
+
+
+def test_pruned_trials_are_counted_apart_and_not_drawn_as_finished(tmp_path):
+    from composeloop.app import sweep
+
+    for job, (rate, status, accuracy) in enumerate(
+        [(1e-3, "completed", 0.9), (1e-2, "pruned", 0.3), (3e-3, "failed", None)]
+    ):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- optimizer.learning_rate={rate}\n")
+        metrics = {"val_accuracy": accuracy} if accuracy is not None else {}
+        summary = {"status": status, "metrics": metrics, "main_metric": "val_accuracy", "reason": "worse"}
+        (tmp_path / str(job) / "summary.json").write_text(json.dumps(summary))
+    outcome = sweep.write_summary(tmp_path)
+    assert (outcome.jobs, outcome.failed) == (3, 1)  # a pruned trial does not fail the sweep
+    assert "3 jobs: 1 finished, 1 pruned, 1 failed, 0 interrupted." in (tmp_path / sweep.SUMMARY_MD).read_text()
+    assert (tmp_path / sweep.PLOT).stat().st_size > 10_000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from composeloop.app import search
+from composeloop.app import search, search_job
 from composeloop.app.search_space import check_search_space, parse, search_space
 from composeloop.errors import ConfigError
 
@@ -105,12 +105,21 @@ def test_an_unknown_distribution_and_a_zero_budget_are_refused():
 
 
 def test_the_objective_follows_the_one_higher_is_better_rule():
-    assert search.objective("classifier") == ("val_accuracy", "maximize")
-    assert search.objective("wgan_gp") == ("digit_confidence", "maximize")
-    assert search.objective("mine", "val_loss") == ("val_loss", "minimize")
-    assert search.objective("mine", "val_loss", "maximize") == ("val_loss", "maximize")
-    with pytest.raises(ConfigError, match="^hydra.sweeper.metric: experiment 'mine' has no known main metric"):
-        search.objective("mine")
+    assert search.objective("val_accuracy") == ("val_accuracy", "maximize")
+    assert search.objective("digit_confidence") == ("digit_confidence", "maximize")
+    assert search.objective("val_loss") == ("val_loss", "minimize")
+    assert search.objective("val_loss", "maximize") == ("val_loss", "maximize")
+    assert search.objective("val_mine", declared={"mine": True}) == ("val_mine", "maximize")  # the metric's own say
+    with pytest.raises(ConfigError, match="^hydra.sweeper.direction: must be maximize, minimize or null"):
+        search.objective("val_loss", "down")
+
+
+def test_a_search_not_told_its_metric_takes_the_one_the_runs_name():
+    gan = {"status": "completed", "main_metric": "digit_confidence", "directions": {"d_loss": "min"}}
+    declared = {"main_metric": "val_mine", "directions": {"val_mine": "max"}}
+    assert search.reported_objective([{"status": "failed"}, gan]) == ("digit_confidence", "maximize")
+    assert search.reported_objective([declared]) == ("val_mine", "maximize")  # by its recorded direction
+    assert search.reported_objective([ValueError("boom"), {"status": "failed"}]) is None
 
 
 @pytest.mark.parametrize(
@@ -138,10 +147,10 @@ def test_the_trial_reference_survives_hydra_quoting():
     from omegaconf import OmegaConf
 
     storage = "sqlite:////tmp/it's a dir\\x/optuna.db"
-    parsed = OverridesParser.create().parse_overrides(search.job_overrides(storage, "study ${x}"))
+    parsed = OverridesParser.create().parse_overrides(search_job.job_overrides(storage, "study ${x}"))
     env = OmegaConf.create({o.key_or_group.split(".")[-1]: o.value() for o in parsed} | {"hydra": {"job": {"num": 7}}})
-    found = search.current_trial(
-        {key: str(env[key]) for key in (search.ENV_STORAGE, search.ENV_STUDY, search.ENV_TRIAL)}
+    found = search_job.current_trial(
+        {key: str(env[key]) for key in (search_job.ENV_STORAGE, search_job.ENV_STUDY, search_job.ENV_TRIAL)}
     )
-    assert found == search.TrialRef(storage, "study ${x}", 7)
-    assert search.current_trial({}) is None
+    assert found == search_job.TrialRef(storage, "study ${x}", 7)
+    assert search_job.current_trial({}) is None

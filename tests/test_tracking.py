@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from composeloop.app import tracking, tracking_sweep
@@ -103,19 +104,23 @@ def test_a_run_killed_and_resumed_appends_to_the_same_mlflow_run(store, tmp_path
 
 def test_a_sweep_is_a_parent_run_with_one_nested_run_per_job(store, tmp_path, monkeypatch):
     sweep_dir = tmp_path / "sweep"
-    config = OmegaConf.create({**CONFIG, "tracking": {"backend": "mlflow", "uri": store, "experiment": "sweeps"},
-                               "hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": ["seed=0,1"]},
-                                         "sweeper": {"_target_": "hydra.BasicSweeper"}}})  # fmt: skip
-    monkeypatch.delenv(tracking_sweep.ENV_PARENT, raising=False)
+    hydra = {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": ["seed=0,1"], "hydra": []},
+             "sweeper": {"_target_": "hydra.BasicSweeper"}}  # fmt: skip
+    config = OmegaConf.create(
+        {**CONFIG, "tracking": {"backend": "mlflow", "uri": store, "experiment": "sweeps"}, "hydra": hydra}
+    )
+    monkeypatch.delenv(tracking.ENV_PARENT, raising=False)
     callback = tracking_sweep.SweepTracking()
     callback.on_multirun_start(config)
     parent = tracking_sweep.parent_run_id(sweep_dir)
     assert parent == json.loads((sweep_dir / tracking_sweep.PARENT_FILE).read_text())["run_id"]
-    monkeypatch.delenv(tracking_sweep.ENV_PARENT)  # a job in another process finds it through the sweep directory
+    # Every job gets the parent's id in its environment through the Hydra overrides it is composed from.
+    (env_set,) = OverridesParser.create().parse_overrides(list(config.hydra.overrides.hydra))
+    assert (env_set.key_or_group, env_set.value()) == (f"hydra.job.env_set.{tracking.ENV_PARENT}", parent)
     for job in range(2):
         job_dir = sweep_dir / str(job)
         params = tracking.flatten({**CONFIG, "seed": job})
-        parent_id = tracking_sweep.parent_run_id(sweep_dir)
+        parent_id = tracking.parent_run_id(environ={tracking.ENV_PARENT: parent} if job else {}, sweep_dir=sweep_dir)
         tracker = tracking.start_run(store, job_dir, experiment="sweeps", params=params, parent_run_id=parent_id)
         tracking.end_run(tracker, job_dir, summary_of(train(tracker, epochs=2)))
     (sweep_dir / "sweep_summary.csv").write_text("job,seed\n0,0\n1,1\n")

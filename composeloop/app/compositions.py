@@ -99,9 +99,16 @@ class Parts:
     step: Callable[..., Any] | None = None
 
 
+# Keys the application itself wires into every phase of any step (composeloop.config.stages),
+# so they are used whatever the builder asks for.
+WIRED_BY_THE_APP = ("optimizer.weight_decay", "optimizer.weight_decay_exclude")
+
+
 def _section_overridden(section: str, overrides: Sequence[str]) -> str | None:
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
+        if key in WIRED_BY_THE_APP:
+            continue
         if key == section or key.startswith(f"{section}."):
             return key
     return None

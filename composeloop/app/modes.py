@@ -2,12 +2,19 @@
 
 This module owns each mode's outputs in the run directory. ``train``: the runner's
 services, every model saved as ``model.keras`` (one model named "model") or
-``<name>.keras``, the composition's own outputs, summary.json. ``evaluate``: the latest
+``<name>.keras``, the composition's own outputs, summary.json, and with ``tracking=mlflow``
+all of it in an MLflow run (`composeloop.app.tracking`). ``evaluate``: the latest
 (or ``checkpoint=best``) weights on the validation data, plus the composition's own
 score, printed and written to evaluation.json. ``predict``: one model applied to the
 ``x`` array of ``predict.input`` (an .npz), written to predictions.npz. ``export``: a
 SavedModel per model for serving (Keras's `model.export`) in ``export/``. Every mode but
-train needs a checkpoint and refuses a directory without one before anything is written.
+train and lr_find needs a checkpoint and refuses a directory without one before anything is
+written. ``lr_find``: the learning-rate range test (`composeloop.app.lr_find`).
+
+When the step keeps an exponential moving average of its weights (``train.ema``, or an
+`ema` stage of the step builder's), every mode uses the averaged weights: the saved models,
+the composition's own outputs, evaluation, prediction and export; the raw weights keep
+training and are what checkpoints resume from.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from composeloop.app import runner
+from composeloop.app import lr_find, runner
 from composeloop.app.compositions import Composition
 from composeloop.config.schema import Config
 from composeloop.errors import ConfigError, DataError
@@ -69,8 +76,8 @@ class Run:
 
 
 def check_checkpoint(config: Config, directory: Path) -> None:
-    """For every mode but train: refuses a directory without the checkpoint it would restore."""
-    if config.mode is Mode.train:
+    """For the modes that restore one: refuses a directory without the checkpoint it would restore."""
+    if config.mode in (Mode.train, Mode.lr_find):
         return
     where = runner.checkpoint_directory(config, directory)
     if config.checkpoint.restore is Weights.best:
@@ -91,9 +98,13 @@ def model_files(models: dict[str, Any]) -> dict[str, str]:
 
 
 def train(run: Run) -> dict[str, Any]:
-    """Trains with every configured service; saves the models and summary.json."""
+    """Trains with every configured service; saves the models and summary.json (then tracks them)."""
+    from composeloop.app import tracking
+    from composeloop.engine.strategies import is_chief
+
     composition = run.composition
     handlers = composition.handlers(run.outputs) if callable(composition.handlers) else composition.handlers
+    tracker = tracking.open_run(run.config, run.directory) if is_chief(run.program.strategy) else None
     training = runner.Training(
         run.program,
         run.train_data(),
@@ -101,13 +112,30 @@ def train(run: Run) -> dict[str, Any]:
         handlers=handlers,
         log_names=composition.log_names,
         images=composition.images,
+        tracker=tracker,
     )
+    try:
+        summary = _train(run, training)
+    except Exception as error:
+        if tracker is not None:
+            tracking.end_run(tracker, run.outputs, {"status": "failed", "error": str(error).split("\n")[0]})
+        raise
+    if tracker is not None:
+        tracking.end_run(tracker, run.outputs, summary)
+    return summary
+
+
+def _train(run: Run, training: runner.Training) -> dict[str, Any]:
+    composition = run.composition
     state = runner.train(run.config, run.outputs, training, restore_from=run.directory)
-    for name, file in model_files(run.models).items():  # the best epoch's weights when early stopping restored them
-        run.models[name].save(run.outputs / file)
+    averaged = runner.averaged_weights(run.program)
+    with averaged():
+        for name, file in model_files(run.models).items():  # the best epoch's weights when early stopping restored them
+            run.models[name].save(run.outputs / file)
     summary = runner.summary(run.config, state, run.started, composition.log_names, composition.main_metric)
     if composition.finish is not None and state.status not in runner.UNFINISHED:
-        summary.update(composition.finish(state, run.outputs))  # not worth it for a run that will resume
+        with averaged():
+            summary.update(composition.finish(state, run.outputs))  # not worth it for a run that will resume
         summary["wall_s"] = time.perf_counter() - run.started
     write_json_atomically(run.outputs / "summary.json", summary)
     return summary
@@ -134,12 +162,13 @@ def evaluate(run: Run) -> dict[str, Any]:
     state, path = _restore(run)
     metrics: dict[str, Any] = {}
     validation = run.validation_data()
-    if validation is not None:
-        run.program.reset("eval")
-        run_epoch(run.program, "eval", validation())
-        metrics = {f"{VAL}_{name}": value for name, value in run.program.results("eval").items()}
-    if run.composition.finish is not None:
-        metrics.update(run.composition.finish(state, run.outputs))
+    with runner.averaged_weights(run.program)():
+        if validation is not None:
+            run.program.reset("eval")
+            run_epoch(run.program, "eval", validation())
+            metrics = {f"{VAL}_{name}": value for name, value in run.program.results("eval").items()}
+        if run.composition.finish is not None:
+            metrics.update(run.composition.finish(state, run.outputs))
     result = {
         "mode": Mode.evaluate.value,
         "checkpoint": path,
@@ -184,7 +213,8 @@ def predict(run: Run) -> dict[str, Any]:
             f"predict.input: x has examples of shape {tuple(x.shape[1:])} but model '{name}' takes {expected}"
         )
     _, path = _restore(run)
-    outputs = np.asarray(model.predict(x, batch_size=run.config.data.batch_size, verbose=0))
+    with runner.averaged_weights(run.program)():
+        outputs = np.asarray(model.predict(x, batch_size=run.config.data.batch_size, verbose=0))
     arrays = {"outputs": outputs}
     if outputs.ndim == 2 and outputs.shape[1] > 1:
         arrays["classes"] = outputs.argmax(axis=1).astype(np.int32)
@@ -200,12 +230,19 @@ def export(run: Run) -> dict[str, Any]:
     root = run.outputs / "export"
     models = run.models
     written = {}
-    for name, model in models.items():
-        where = root if len(models) == 1 else root / name
-        model.export(str(where), verbose=False)
-        written[name] = str(where)
+    with runner.averaged_weights(run.program)():
+        for name, model in models.items():
+            where = root if len(models) == 1 else root / name
+            model.export(str(where), verbose=False)
+            written[name] = str(where)
     print(f"composeloop: exported {', '.join(written.values())} (SavedModel, endpoint 'serve') from {path}", flush=True)
     return {"mode": Mode.export.value, "checkpoint": path, "exported": written}
 
 
-MODES = {Mode.train: train, Mode.evaluate: evaluate, Mode.predict: predict, Mode.export: export}
+MODES = {
+    Mode.train: train,
+    Mode.evaluate: evaluate,
+    Mode.predict: predict,
+    Mode.export: export,
+    Mode.lr_find: lr_find.lr_find,
+}

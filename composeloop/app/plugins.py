@@ -13,7 +13,10 @@ import importlib
 import inspect
 
 # The modules under hydra_plugins/ that composeloop ships.
-PLUGIN_MODULES = ("hydra_plugins.composeloop_searchpath.searchpath",)
+PLUGIN_MODULES = (
+    "hydra_plugins.composeloop_searchpath.searchpath",
+    "hydra_plugins.composeloop_optuna.optuna_sweeper",  # hydra/sweeper=optuna
+)
 
 
 def register() -> None:

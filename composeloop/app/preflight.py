@@ -5,8 +5,9 @@ so ``--config-dir/-cd``, ``--config-path/-cp``, ``--config-name/-cn``, ``-m`` an
 ``--flag value``/``--flag=value`` spellings all mean what they mean to Hydra), composing
 the config of each job with the same search path Hydra will use, and checking it: the
 schema's types and validators, users' parts (`_target_` imports), a sweep's every job (the
-basic sweeper's grid) or a search's space (other sweepers), and the run directory a mode
-other than train needs. A bad config is thus one line before anything is written.
+basic sweeper's grid) or an Optuna search's space (unexpanded, and one example job), the
+tracking URI, and the run directory a mode other than train needs. A bad config is thus
+one line before anything is written.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 
 import attrs
 
-from composeloop.config.schema import Config, Resume
+from composeloop.config.schema import Config, Resume, TrackingBackend
 from composeloop.config.store import to_config
 from composeloop.errors import ConfigError
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+OPTUNA_SWEEPER = "hydra_plugins.composeloop_optuna.optuna_sweeper.OptunaSweeper"  # composeloop's (hydra/sweeper=optuna)
 
 
 @attrs.frozen
@@ -117,10 +119,25 @@ def _jobs(hydra: Any, command: CommandLine) -> tuple[list[list[str]], Any, bool]
     if not multirun:
         return [overrides], first.hydra, False
     params = [f"{key}={value}" for key, value in (first.hydra.sweeper.get("params") or {}).items()]
+    if first.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER:
+        return [_search_example(hydra, first.hydra.sweeper, params + overrides)], first.hydra, True
     if first.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
-        return [fixed], first.hydra, True  # a search: its space is validated by the sweeper's own check
+        return [fixed], first.hydra, True  # another sweeper: its space is its own business
     parsed = parser.parse_overrides(params + overrides)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch], first.hydra, True
+
+
+def _search_example(hydra: Any, sweeper: Any, overrides: list[str]) -> list[str]:
+    """The overrides of one job of an Optuna search, once its whole space is checked unexpanded.
+
+    Each bound and choice is checked against its key's type and validator, and the trial
+    budget; the returned job (each dimension at its low bound or first choice) is composed
+    and validated like a grid's, so a bad fixed override is caught too.
+    """
+    from composeloop.app.search_space import check_search_space, parse
+
+    space = check_search_space(parse(overrides), sweeper.n_trials, group_options=hydra.config_loader.get_group_options)
+    return space.examples()
 
 
 def plan(command: CommandLine) -> Plan:
@@ -144,12 +161,16 @@ def plan(command: CommandLine) -> Plan:
 
 
 def check(command: CommandLine) -> Plan:
-    """`plan`, then what needs the plan whole: an earlier sweep under resume=never, and the
-    checkpoint a mode other than train restores from the given run directory."""
+    """`plan`, then what needs the plan whole: the tracking URI (``tracking=mlflow``), an
+    earlier sweep under resume=never, and the checkpoint a mode other than train restores
+    from the given run directory."""
     from composeloop.app import sweep
     from composeloop.app.run import check_directory
+    from composeloop.app.tracking_store import check_tracking_uri
 
     planned = plan(command)
+    for uri in dict.fromkeys(c.tracking.uri for c in planned.configs if c.tracking.backend is TrackingBackend.mlflow):
+        check_tracking_uri(uri)
     if planned.sweep_dir is not None and any(config.resume is Resume.never for config in planned.configs):
         sweep.refuse_earlier_sweep(planned.sweep_dir)
     if planned.run_dir is not None:

@@ -4,21 +4,25 @@ This module owns the order in which a run is set up, the same for every composit
 every front door (the command line, a sweep job, a user's own script, Python): check the
 run directory (resume or refuse; a mode other than train needs a checkpoint), load the
 data (before TensorFlow, so a bad file fails fast), seed, set the precision and place the
-strategy, build the composition in the strategy's scope, compile its step once with
-accumulation and loss scaling wired in, then hand it to the mode.
+strategy, build the composition in the strategy's scope, compile its step once with the
+configured stages wired into every phase (weight decay, lookahead and EMA around the apply
+stage; accumulation and loss scaling), then hand it to the mode.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from composeloop.app import modes, runner
+from composeloop.app import lr_find, modes, runner
 from composeloop.app.compositions import Parts, build_composition
 from composeloop.config import build
 from composeloop.config.schema import Config, StrategyConfig
+from composeloop.errors import ComposeError
 from composeloop.vocabulary import Mode, StrategyKind
 
 _announced: set[str] = set()
@@ -46,8 +50,32 @@ def check_directory(config: Config, directory: Path) -> None:
     """What a directory must (not) hold for this run, checked before anything is written."""
     if config.mode is Mode.train:
         runner.check_run_directory(config, directory)
+    elif config.mode is Mode.lr_find:
+        lr_find.check_directory(config, directory)
     else:
         modes.check_checkpoint(config, directory)
+
+
+def _compiled(composition: Any, config: Config, strategy: Any) -> Any:
+    """The composition's step with the configured stages wired into every phase, compiled
+    once. A mask pattern that picks no variable is one warning line (`MaskWarning`)."""
+    from composeloop.engine.compile import compile_step
+    from composeloop.step.groups import MaskWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MaskWarning)
+        step = build.wrap_apply(composition.step, config.optimizer, config.train)
+        step = build.adapt_step(step, config.train)
+        try:
+            program = compile_step(step, **runner.compile_options(config, strategy))
+        except ValueError as error:  # a stage refusing the phase's variables (a mask that fits none)
+            raise ComposeError(str(error).splitlines()[0]) from None
+    for seen in caught:
+        if issubclass(seen.category, MaskWarning):
+            print(f"composeloop: warning: {seen.message}", file=sys.stderr, flush=True)
+        else:  # not ours to reword
+            warnings.warn_explicit(seen.message, seen.category, seen.filename, seen.lineno)
+    return program
 
 
 def run(
@@ -88,7 +116,6 @@ def run(
     import keras
 
     from composeloop.engine import strategies
-    from composeloop.engine.compile import compile_step
 
     keras.utils.set_random_seed(config.seed)
     build.set_precision(config.train.precision)
@@ -96,7 +123,6 @@ def run(
     outputs = strategies.output_directory(placed.strategy, directory)  # only the chief writes the run's
     with placed.strategy.scope():
         composition = build_composition(config, data, overrides=overrides, given=parts)
-    step = build.adapt_step(composition.step, config.train)
-    program = compile_step(step, **runner.compile_options(config, placed.strategy))
+    program = _compiled(composition, config, placed.strategy)
     prepared = modes.Run(config, directory, outputs, composition, program, data, started)
     return modes.MODES[config.mode](prepared)

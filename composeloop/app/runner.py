@@ -3,14 +3,15 @@
 This module owns what every composition shares once its program is compiled: which run
 directories may be used (``resume=auto|never``), restoring the latest checkpoint and the
 history it has seen, the loop services a config switches on (NaN policy, stop signals,
-progress, metric files, TensorBoard, the composition's own handlers, early stopping,
-checkpoints, curves.png) in the order they must run, and the part of summary.json that
-every run has. It does not build parts (`composeloop.config.build`, the composition) nor
+progress, metric files, tracking, TensorBoard, the composition's own handlers, a search
+trial's pruning, early stopping, checkpoints, curves.png) in the order they must run, and
+the part of summary.json that every run has. It does not build parts (`composeloop.config.build`, the composition) nor
 choose what a mode does (`composeloop.app.modes`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,15 @@ def compile_options(config: Config, strategy: Any = None) -> dict[str, Any]:
         "on_nonfinite": "count" if config.train.nan_policy is NanPolicy.skip else "halt",
         "record_logs": config.report.tensorboard,
     }
+
+
+def averaged_weights(program: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """() -> a context holding the EMA weights in the models (`composeloop.step.ema_weights`)
+    when the program's step keeps an average (``train.ema``, or an `ema` stage of its own);
+    else a context that changes nothing. Validation, saved models and modes enter it."""
+    from composeloop.step import ema_stages, ema_weights
+
+    return (lambda: ema_weights(program)) if ema_stages(program) else contextlib.nullcontext
 
 
 def checkpoint_directory(config: Config, directory: Path) -> Path:
@@ -93,6 +103,7 @@ class Training:
     handlers: Sequence[Any] = ()
     log_names: Mapping[str, str] = attrs.field(factory=dict)
     images: Callable[[Any], Any] | None = None
+    tracker: Any = None  # a `composeloop.app.tracking.Tracker` (the chief's, with tracking=mlflow)
 
 
 def _renamer(names: Mapping[str, str]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
@@ -107,6 +118,7 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
     multi-worker run's non-chief workers (a scratch directory). A stop signal, early
     stopping or the NaN policy may end the run early: see `state.status`.
     """
+    from composeloop.app import search_job, tracking
     from composeloop.engine import checkpoint, curves, events, progress, report, stopping, tensorboard
     from composeloop.engine.loop import run_loop
 
@@ -130,10 +142,15 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
     handlers = [*stopping.nan_policy(config.train.nan_policy.value), *signals.handlers()]
     handlers += progress.progress(interactive=config.report.progress_bar, rename=rename)
     handlers += report.metric_files(directory, rename)
+    if training.tracker is not None:
+        handlers += tracking.tracking_handlers(training.tracker, rename)
     if config.report.tensorboard:
         every = config.report.tensorboard_every_steps
         handlers += tensorboard.tensorboard(directory / "tensorboard", every, training.images)
     handlers += list(training.handlers)
+    trial = search_job.current_trial()  # a job of a search: report each epoch, stop when pruned
+    if trial is not None:
+        handlers += search_job.pruning_handlers(trial)
     stop = config.early_stopping
     if stop.patience is not None:
         handlers += stopping.early_stopping(
@@ -156,6 +173,7 @@ def train(config: Config, directory: Path, training: Training, restore_from: Pat
             validation_data=training.validation_data,
             handlers=handlers,
             state=state,
+            validation_weights=averaged_weights(program),
         )
 
 
@@ -168,7 +186,7 @@ def _save_once(checkpoints: Any, state: Any) -> None:
 
 
 def _restore_best(checkpoints: Any, state: Any) -> None:
-    if checkpoints.latest_best is not None:
+    if checkpoints.latest_best is not None:  # with the apply stages' state: an EMA's shadows of that epoch
         checkpoints.restore(checkpoints.latest_best, models_only=True)
         state.extras["restored_best"] = True
 

@@ -1,41 +1,31 @@
-"""Search with Optuna: the study, the objective, a trial's outcome, and pruning inside a job.
+"""Search with Optuna: the objective, the persistent study, and how a trial ended.
 
 This module owns composeloop's side of a search (the Hydra sweeper that drives it lives in
-``hydra_plugins/composeloop_optuna``): which metric a trial is judged by and in which
-direction (the experiment's main metric and the one higher-is-better rule), the persistent
-study (SQLite ``optuna.db`` in the sweep directory, so a rerun continues it), how a job's
-summary becomes a trial's state (``complete``, ``pruned``, ``fail``), the trials a killed
-search left running, and the job side of pruning: a job finds its trial through
-environment variables the sweeper sets for it (Hydra's ``hydra.job.env_set``, which
-reaches jobs in this process and in a parallel launcher's workers alike), reports each
-epoch's validation metric to it, and stops with status ``pruned`` when Optuna says so.
-Optuna is imported only when a search runs (the ``composeloop[search]`` extra).
+``hydra_plugins/composeloop_optuna``; a trial's side inside its job is
+`composeloop.app.search_job`'s): which metric a trial is judged by and in which direction
+(``hydra.sweeper.metric``, else the config's ``main_metric``, else the main metric the
+first trials' summaries name; the one higher-is-better rule), the persistent study
+(SQLite ``optuna.db`` in the sweep directory, so a rerun continues it), how a job's
+summary becomes a trial's state (``complete``, ``pruned``, ``fail``), and the trials a
+killed search left running. Optuna is imported only when a search runs (the
+``composeloop[search]`` extra).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from composeloop.errors import ConfigError
-
-if TYPE_CHECKING:  # the engine imports TensorFlow: the sweeper's process does without it
-    from composeloop.engine.events import Handler, RunState
+from composeloop.vocabulary import higher_is_better
 
 STUDY_FILE = "optuna.db"
 DEFAULT_STUDY = "composeloop"
-ENV_STORAGE = "COMPOSELOOP_OPTUNA_STORAGE"
-ENV_STUDY = "COMPOSELOOP_OPTUNA_STUDY"
-ENV_TRIAL = "COMPOSELOOP_OPTUNA_TRIAL"
 SETTINGS_ATTR = "composeloop"  # the study's user attribute holding its metric and pruner
-# The quality score each built-in experiment reports; a user's experiment sets hydra.sweeper.metric.
-EXPERIMENT_METRICS = {"classifier": "val_accuracy", "gan": "digit_confidence", "wgan_gp": "digit_confidence"}
 COMPLETED = ("completed", "stopped_early")  # summary statuses whose metric is the trial's value
 PRUNED = "pruned"
 PRUNERS = ("median", "successive_halving", "none")
@@ -45,37 +35,49 @@ SAMPLERS = ("tpe", "random")
 # ---------------------------------------------------------------------------- the objective
 
 
-def objective(experiment: str | None, metric: str | None = None, direction: str | None = None) -> tuple[str, str]:
-    """The metric a search optimizes and its direction ("maximize" or "minimize").
+def objective(metric: str, direction: str | None = None, declared: Mapping[str, bool] | None = None) -> tuple[str, str]:
+    """A search's metric and its direction ("maximize" or "minimize").
 
     Args:
-      experiment: the configured experiment (picks its main metric when `metric` is None).
-      metric: a metric the summary reports, e.g. "val_loss"; None: the experiment's.
-      direction: "maximize" or "minimize"; None: from the metric's name by the one
-        higher-is-better rule (`composeloop.engine.stopping.resolve_mode`).
+      metric: a metric the runs' summaries report, e.g. "val_accuracy" or "val_loss".
+      direction: "maximize" or "minimize"; None: by the one higher-is-better rule
+        (`composeloop.vocabulary.higher_is_better`), with `declared` directions first.
+      declared: metric name -> higher is better, as a run's summary.json records them.
 
     Raises:
-      ConfigError: no metric known for the experiment, or an unknown direction.
+      ConfigError: an unknown direction.
 
     Example:
-      >>> objective("classifier")
-      ('val_accuracy', 'maximize')
+      >>> objective("val_accuracy"), objective("val_loss")
+      (('val_accuracy', 'maximize'), ('val_loss', 'minimize'))
     """
-    from composeloop.engine.stopping import Mode, resolve_mode  # the one higher-is-better rule (imports TF)
-
-    metric = metric or EXPERIMENT_METRICS.get(str(experiment))
-    if not metric:
-        raise ConfigError(
-            f"hydra.sweeper.metric: experiment '{experiment}' has no known main metric; set hydra.sweeper.metric=NAME"
-        )
     if direction is None:
-        direction = "maximize" if resolve_mode(metric, Mode.auto) is Mode.max else "minimize"
+        direction = "maximize" if higher_is_better(metric, declared) else "minimize"
     if direction not in ("maximize", "minimize"):
         raise ConfigError(f"hydra.sweeper.direction: must be maximize, minimize or null, got {direction!r}")
     return metric, direction
 
 
-def _finite(value: Any) -> float | None:
+def reported_objective(summaries: Sequence[Any], direction: str | None = None) -> tuple[str, str] | None:
+    """The objective the runs themselves name: the first summary's ``main_metric`` and its
+    recorded direction (``directions``), or None when no summary names one.
+
+    A composition names its main metric (a GAN's ``digit_confidence``) only once its job
+    runs, so a search that was not told its metric learns it from its first trials.
+
+    Example:
+      >>> reported_objective([{"main_metric": "val_loss", "directions": {"val_loss": "min"}}])
+      ('val_loss', 'minimize')
+    """
+    for summary in summaries:
+        if isinstance(summary, Mapping) and summary.get("main_metric"):
+            declared = {name: way == "max" for name, way in (summary.get("directions") or {}).items()}
+            return objective(str(summary["main_metric"]), direction, declared)
+    return None
+
+
+def finite(value: Any) -> float | None:
+    """`value` as a finite float, else None (bools, text, NaN and inf included)."""
     if isinstance(value, bool):
         return None
     try:
@@ -118,7 +120,7 @@ def outcome(summary: Any, metric: str) -> Outcome:
         return Outcome("fail", status=status, note=str(summary.get("error") or summary.get("reason") or status))
     metrics = summary.get("metrics") or {}
     raw = metrics.get(metric, summary.get(metric))
-    value = _finite(raw)
+    value = finite(raw)
     if value is None:
         found = ", ".join(name for name in metrics if name not in ("epoch", "seconds"))
         why = f"{metric} is {raw}" if raw is not None else f"no {metric} in the summary (found: {found})"
@@ -154,7 +156,7 @@ def storage_url(sweep_dir: str | Path, storage: str | None = None) -> str:
     return storage or f"sqlite:///{Path(sweep_dir).resolve() / STUDY_FILE}"
 
 
-def _storage(url: str) -> Any:
+def open_storage(url: str) -> Any:
     import optuna
 
     # Jobs in other processes write to the same SQLite file: wait for its lock, do not fail.
@@ -218,7 +220,7 @@ def open_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = {"metric": metric, "pruner": dict(pruner or {"name": "none"})}
     study = optuna.create_study(
-        storage=_storage(storage),
+        storage=open_storage(storage),
         study_name=name,
         direction=direction,
         sampler=sampler,
@@ -235,6 +237,48 @@ def open_study(
         )
     study.set_user_attr(SETTINGS_ATTR, settings)
     return study
+
+
+def stored_objective(storage: str, name: str) -> tuple[str, str] | None:
+    """The metric and direction of the study `name` in `storage`; None when there is no such study.
+
+    Raises:
+      ConfigError: the storage cannot be opened, or its study does not say its metric.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:  # Optuna's "Record does not exist": a new study
+        return None
+    metric = (study.user_attrs.get(SETTINGS_ATTR) or {}).get("metric")
+    if not metric:
+        raise ConfigError(
+            f"hydra.sweeper.metric: the study '{name}' in {storage} does not say what it optimizes; "
+            "set hydra.sweeper.metric=NAME"
+        )
+    return str(metric), study.direction.name.lower()
+
+
+def add_trial(
+    study: Any, params: Mapping[str, Any], fixed: Mapping[str, Any], result: Outcome, intermediate: Mapping[int, float]
+) -> None:
+    """Adds a trial run before `study` existed (one of the first trials, which named its metric)."""
+    import optuna
+
+    states = {"complete": "COMPLETE", "pruned": "PRUNED", "fail": "FAIL"}
+    attributes = {"status": result.status, **({"note": result.note[:500]} if result.note else {})}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState[states[result.state]],
+            value=result.value if result.state == "complete" else None,
+            params=dict(params),
+            distributions={name: fixed[name] for name in params},
+            user_attrs=attributes,
+            intermediate_values=dict(intermediate),
+        )
+    )
 
 
 def settle_stale_trials(study: Any, rows: Sequence[Mapping[str, Any]], metric: str) -> int:
@@ -280,108 +324,3 @@ def tell(study: Any, trial: Any, result: Outcome) -> None:
         "fail": optuna.trial.TrialState.FAIL,
     }[result.state]
     study.tell(trial, result.value if result.state == "complete" else None, state=state, skip_if_finished=True)
-
-
-# ---------------------------------------------------------------------------- inside a job
-
-
-@attrs.frozen
-class TrialRef:
-    """Where a job's trial lives: the study's storage URL, its name, and the trial's number."""
-
-    storage: str
-    study: str
-    number: int
-
-
-def job_overrides(storage: str, study: str) -> list[str]:
-    """Hydra overrides that tell every job of a search where its trial is.
-
-    They set environment variables through ``hydra.job.env_set``, which Hydra applies
-    around each job in whatever process runs it; the trial number is the job's number
-    (``${hydra.job.num}``, resolved per job), which the sweeper keeps equal to it. Added to
-    the master config's Hydra overrides, they reach every job without showing in its
-    task overrides (so the sweep summary's columns and a job's own command stay clean).
-    """
-    values = {ENV_STORAGE: storage, ENV_STUDY: study}
-    return [f"++hydra.job.env_set.{name}={_quoted(value)}" for name, value in values.items()] + [
-        f"++hydra.job.env_set.{ENV_TRIAL}='${{hydra.job.num}}'"
-    ]
-
-
-def _quoted(text: str) -> str:
-    """`text` as a single-quoted Hydra override value (backslashes before a quote doubled)."""
-    text = re.sub(r"(\\+)(?='|$)", lambda match: match.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
-
-
-def current_trial(environ: Mapping[str, str] = os.environ) -> TrialRef | None:
-    """The trial this process's job belongs to, or None outside a search.
-
-    Example:
-      >>> trial = current_trial()
-      >>> handlers += pruning_handlers(trial) if trial else []
-    """
-    try:
-        return TrialRef(environ[ENV_STORAGE], environ[ENV_STUDY], int(environ[ENV_TRIAL]))
-    except (KeyError, ValueError):
-        return None
-
-
-def open_trial(ref: TrialRef) -> tuple[Any, str]:
-    """The job's Optuna trial (with the study's pruner) and the metric it reports."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(
-        study_name=ref.study, storage=_storage(ref.storage), sampler=optuna.samplers.RandomSampler()
-    )
-    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
-    study.pruner = make_pruner(**(settings.get("pruner") or {"name": "none"}))
-    found = [trial for trial in study.get_trials(deepcopy=False) if trial.number == ref.number]
-    if not found:
-        raise ConfigError(f"{ENV_TRIAL}: the study '{ref.study}' in {ref.storage} has no trial {ref.number}")
-    # Optuna's own way to reopen a stored trial in another process: Trial(study, trial id).
-    return optuna.trial.Trial(study, found[0]._trial_id), str(settings.get("metric", ""))
-
-
-def pruning_handlers(ref: TrialRef) -> list[Handler]:
-    """Loop handlers that report each epoch's metric to the job's trial and stop it when pruned.
-
-    At the end of each epoch the study's metric (e.g. ``val_accuracy``) is reported with
-    the epoch number as its step; when the study's pruner says so, the run stops with
-    status ``pruned`` (before its last epoch only: a run that trained every epoch is
-    complete). Its checkpoint and summary are written as for any stop.
-
-    Args:
-      ref: the job's trial, from `current_trial`.
-
-    Returns:
-      Handlers for `composeloop.engine.loop.run_loop`: one at run begin (opens the
-      trial), one at each epoch's end.
-
-    Example:
-      >>> trial = current_trial()
-      >>> state = run_loop(program, data, epochs=10, handlers=[*pruning_handlers(trial), *handlers])
-      >>> state.status  # "pruned" when Optuna stopped it
-    """
-    from composeloop.engine.events import on_epoch_end, on_run_begin
-
-    opened: dict[str, Any] = {}
-
-    def open_(state: RunState) -> None:
-        opened["trial"], opened["metric"] = open_trial(ref)
-
-    def report(state: RunState) -> None:
-        trial, metric = opened["trial"], opened["metric"]
-        value = _finite(state.logs.get(metric))
-        if value is None:
-            return  # not logged per epoch (a GAN's score) or not finite: nothing to judge by
-        trial.report(value, step=state.epoch)
-        if state.epoch < state.epochs and trial.should_prune():
-            state.stop(
-                PRUNED,
-                f"{metric} {value:.4g} at epoch {state.epoch}: worse than the other trials there (Optuna pruner)",
-            )
-
-    return [on_run_begin(open_), on_epoch_end(report)]

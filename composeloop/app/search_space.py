@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, OverrideType, RangeSweep, ValueType
 
-from composeloop.config.schema import Config
+from composeloop.config.schema import TARGET_SECTIONS, Config
 from composeloop.errors import ConfigError
 
 KNOWN_TAGS = frozenset({"log"})
@@ -109,7 +109,7 @@ def schema_field(key: str, schema: type = Config) -> _Field | None:
     """
     cls: Any = schema
     found: _Field | None = None
-    for part in key.split("."):
+    for depth, part in enumerate(key.split(".")):
         if not (isinstance(cls, type) and attrs.has(cls)):
             return None
         hints = typing.get_type_hints(cls)
@@ -118,6 +118,8 @@ def schema_field(key: str, schema: type = Config) -> _Field | None:
             return None
         found = _Field(hints[part], attribute)
         cls = hints[part]
+        if depth == 0 and schema is Config and part in TARGET_SECTIONS:
+            cls = TARGET_SECTIONS[part]  # an open section: a dict to Hydra, this record once validated
     return found
 
 

@@ -2,7 +2,8 @@
 
 This module owns what a Hydra multirun writes at its sweep root: ``sweep_summary.csv``,
 ``sweep_summary.md`` (one row per job: overrides, final metrics, best epoch, wall seconds,
-status, error; rows from `composeloop.app.sweep_rows`) and ``sweep.png`` (see
+status, error; a search's pruned trials counted apart; rows from
+`composeloop.app.sweep_rows`) and ``sweep.png`` (see
 `composeloop.app.sweep_plot`). It also owns the reset of Keras/TensorFlow global state
 that makes a job inside a sweep equal the same job run alone, and the summary.json of a
 job that failed. It does not run jobs: Hydra does.
@@ -20,7 +21,7 @@ import attrs
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from composeloop.app.sweep_rows import FAILED, INTERRUPTED, parameters, read_sweep, swept_keys
+from composeloop.app.sweep_rows import FAILED, INTERRUPTED, PRUNED, parameters, read_sweep, swept_keys
 from composeloop.errors import ConfigError
 from composeloop.files import read_json, write_atomically, write_json_atomically
 
@@ -181,10 +182,14 @@ def write_summary(sweep_dir: str | Path, *, missing: str = "failed", plot: bool 
 
     failed = sum(row["status"] in FAILED for row in rows)
     unfinished = sum(row["status"] == INTERRUPTED for row in rows)
+    pruned = sum(row["status"] == PRUNED for row in rows)
+    finished = len(rows) - failed - unfinished - pruned
     lines = [
         f"# Sweep {sweep_dir.parent.name}/{sweep_dir.name}",
         "",
-        f"{len(rows)} jobs: {len(rows) - failed - unfinished} finished, {failed} failed, {unfinished} interrupted."
+        f"{len(rows)} jobs: {finished} finished, "
+        + (f"{pruned} pruned, " if pruned else "")
+        + f"{failed} failed, {unfinished} interrupted."
         + (f" Main metric: `{metric}`." if metric else ""),
         "",
         "| " + " | ".join(header) + " |",

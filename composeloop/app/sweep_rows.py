@@ -28,6 +28,7 @@ SKIPPED_METRICS = ("epoch", "seconds")
 # Statuses that count as a failed job (the sweep exits non-zero) or one cut short.
 FAILED = ("failed", "stopped_nonfinite")
 INTERRUPTED = "interrupted"
+PRUNED = "pruned"  # a search trial its pruner stopped: not finished, not failed either
 
 
 def number(value: Any) -> float | int | None:

@@ -8,137 +8,56 @@ summary.json, metrics.csv, models, GAN sample grids, the Hydra config). The MLfl
 is kept in the run directory (``mlflow_run.json``), so a resumed run continues the same
 MLflow run and logs only the epochs it has not logged yet. A sweep's parent run is made at
 its start by `SweepTracking` (a Hydra callback); its id reaches jobs in this process and
-in a parallel launcher's workers through an environment variable and the sweep directory.
+in a parallel launcher's workers through an environment variable set for each job.
 
 Tracking never blocks training: every MLflow call goes through `Tracker._call`, which
 gives up after the first failure with one line on stderr, and the run goes on untracked
 (its own files stay complete, and `upload_run` sends them later). It talks to MLflow
 through `MlflowClient` only (no global active run, so jobs in one process never mix),
 and imports MLflow (about 1.5 s, pandas included; TensorFlow untouched) only when
-tracking is on (the ``composeloop[tracking]`` extra).
+tracking is on (the ``composeloop[tracking]`` extra). URIs and the client are
+`composeloop.app.tracking_store`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import attrs
 
-from composeloop.errors import ConfigError
+from composeloop.app.tracking_store import (  # noqa: F401 - check_tracking_uri and resolve_uri are public here too
+    _first_line,
+    _quiet_and_quick,
+    check_tracking_uri,
+    mlflow_client,
+    resolve_uri,
+)
+from composeloop.config.schema import Config, TrackingBackend, TrackingConfig
+from composeloop.files import read_json, read_jsonl, write_json_atomically
 
 if TYPE_CHECKING:
     from composeloop.engine.events import Handler, RunState
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_URI = attrs.fields(TrackingConfig).uri.default  # a SQLite file in the working directory
 RUN_FILE = "mlflow_run.json"
+PARENT_FILE = "mlflow_parent.json"  # a sweep's parent run, at the sweep root
+ENV_PARENT = "COMPOSELOOP_MLFLOW_PARENT"  # a sweep's parent run id, for its jobs (hydra.job.env_set)
 LOGGED_EPOCH_TAG = "composeloop.logged_epoch"
 # How a run's status reads in MLflow (composeloop's own status is the `status` tag).
 MLFLOW_STATUS = {"interrupted": "KILLED", "failed": "FAILED", "stopped_nonfinite": "FAILED"}
 ARTIFACTS = ("curves.png", "summary.json", "metrics.csv", "*.keras")
 SWEEP_ARTIFACTS = ("sweep_summary.*", "sweep.png", "search.png", "optimization_results.yaml", "multirun.yaml")
 ARTIFACT_DIRS = {"samples": "samples", ".hydra": "hydra"}  # run directory -> artifact path
-SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks", "databricks-uc")
-DRIVERS = {"postgresql": "psycopg2", "mysql": "pymysql", "mssql": "pyodbc"}
-
-
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def _warn(message: str) -> None:
     print(f"composeloop: tracking: {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------- the store
-
-
-def check_tracking_uri(uri: str) -> None:
-    """Checks a tracking URI and that MLflow is installed, without contacting the store.
-
-    Raises:
-      ConfigError: one line naming ``tracking.uri``: no MLflow, an unknown scheme, a
-        SQLite URI without its three slashes or whose folder does not exist, a database
-        driver that is not installed, a server URI without a host.
-
-    Example:
-      >>> check_tracking_uri("sqlite:///mlflow.db")  # fine: a file in the working directory
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("mlflow") is None:
-        raise ConfigError("tracking: MLflow is not installed; pip install 'composeloop[tracking]'")
-    parsed = urlparse(uri)
-    scheme = uri if uri in ("databricks", "databricks-uc") else parsed.scheme.split("+")[0]
-    if scheme not in SCHEMES:
-        raise ConfigError(f"tracking.uri: unknown scheme in {uri!r} (known: {', '.join(SCHEMES)})")
-    if scheme == "sqlite":
-        if not uri.startswith("sqlite:///") or uri == "sqlite:///":
-            raise ConfigError(f"tracking.uri: {uri!r}: write sqlite:///relative.db or sqlite:////absolute/path.db")
-        folder = Path(uri[len("sqlite:///") :]).parent
-        if not folder.resolve().is_dir():
-            raise ConfigError(f"tracking.uri: {uri!r}: the folder {folder} does not exist")
-    driver = parsed.scheme.split("+")[1] if "+" in parsed.scheme else DRIVERS.get(scheme)
-    if driver and importlib.util.find_spec(driver) is None:
-        raise ConfigError(f"tracking.uri: {uri!r} needs the {driver} package; pip install {driver}")
-    if scheme in ("http", "https") and not parsed.hostname:
-        raise ConfigError(f"tracking.uri: {uri!r} has no host")
-
-
-def resolve_uri(uri: str) -> str:
-    """`uri` with a relative SQLite or file path made absolute (the working directory's now).
-
-    Example:
-      >>> resolve_uri("sqlite:///mlflow.db")
-      'sqlite:////home/me/project/mlflow.db'
-    """
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
-    if uri.startswith("file:") and not uri.startswith("file:/"):
-        return Path(uri[len("file:") :]).resolve().as_uri()
-    return uri
-
-
-@contextlib.contextmanager
-def _quiet_and_quick(retries: int, timeout: int) -> Iterator[None]:
-    """MLflow's INFO chatter (database set-up) off, and its HTTP retries bounded, unless the user set them."""
-    _import_mlflow()  # first: importing MLflow sets its loggers' levels
-    names = ("mlflow", "alembic")
-    levels = {name: logging.getLogger(name).level for name in names}
-    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
-    added = [name for name in limits if name not in os.environ]
-    for name in names:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.update({name: limits[name] for name in added})
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def _import_mlflow() -> Any:
-    # MLflow 3 reports usage to its makers by default; a composeloop run makes no network call it was not asked
-    # for, so that is off unless the user set MLFLOW_DISABLE_TELEMETRY themselves.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
-    return mlflow
-
-
-def mlflow_client(uri: str) -> Any:
-    """MLflow's client for `uri` (MLflow is imported here, with its usage telemetry off)."""
-    return _import_mlflow().MlflowClient(tracking_uri=uri)
 
 
 # ---------------------------------------------------------------------------- one run
@@ -215,25 +134,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[f"{prefix}{key}"] = "null" if value is None else str(getattr(value, "name", value))[:6000]
     return flat
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _epochs(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl's epochs (none when absent; a line cut short ends them)."""
-    epochs = []
-    with contextlib.suppress(OSError):
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            try:
-                epochs.append(json.loads(line))
-            except ValueError:
-                break
-    return epochs
 
 
 def _experiment_id(client: Any, name: str, uri: str) -> str:
@@ -321,10 +221,58 @@ def start_run(
         _warn(f"cannot reach {uri} ({_first_line(error)}); this run continues untracked")
         return tracker
     run_dir.mkdir(parents=True, exist_ok=True)
-    temporary = run_dir / f".{run_file}.tmp"
-    temporary.write_text(json.dumps({"uri": uri, "run_id": tracker.run_id}) + "\n")
-    os.replace(temporary, run_dir / run_file)  # whole or absent, as every file a run writes
+    write_json_atomically(run_dir / run_file, {"uri": uri, "run_id": tracker.run_id})
     return tracker
+
+
+def parent_run_id(sweep_dir: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The MLflow run of the sweep this job belongs to: from the environment, else the sweep directory."""
+    if environ.get(ENV_PARENT):
+        return environ[ENV_PARENT]
+    found = read_json(Path(sweep_dir) / PARENT_FILE) if sweep_dir is not None else None
+    return (found or {}).get("run_id")
+
+
+def config_params(config: Config) -> dict[str, str]:
+    """A validated `Config` as MLflow params: dotted keys, a part's own arguments beside its known keys.
+
+    Example:
+      >>> config_params(config)["optimizer.learning_rate"]
+      '0.001'
+    """
+
+    def plain(value: Any) -> Any:
+        if attrs.has(type(value)):
+            fields = {field.name: plain(getattr(value, field.name)) for field in attrs.fields(type(value))}
+            return {**{key: item for key, item in fields.items() if key != "args"}, **(fields.get("args") or {})}
+        return {key: plain(item) for key, item in value.items()} if isinstance(value, Mapping) else value
+
+    return flatten(plain(config))
+
+
+def open_run(config: Config, directory: str | Path) -> Tracker | None:
+    """The MLflow run of the run directory `directory` when ``tracking.backend=mlflow``, else None.
+
+    A resumed run gets the MLflow run it had; a job of a sweep is nested under the sweep's
+    run (`parent_run_id`), a search trial tagged ``optuna.trial``. The store unreachable:
+    one line on stderr and an inactive tracker; the run goes on.
+
+    Example:
+      >>> tracker = open_run(config, run_dir)  # then tracking_handlers(tracker), and end_run at the end
+    """
+    if config.tracking.backend is not TrackingBackend.mlflow:
+        return None
+    from composeloop.app.search_job import trial_number
+
+    trial = trial_number()
+    return start_run(
+        config.tracking.uri,
+        directory,
+        experiment=config.tracking.experiment or config.experiment,
+        params=config_params(config),
+        tags={"optuna.trial": trial} if trial is not None else None,
+        parent_run_id=parent_run_id(),
+    )
 
 
 def _log_params(client: Any, run_id: str, params: Mapping[str, str], tags: Mapping[str, Any]) -> None:
@@ -378,7 +326,7 @@ def end_run(tracker: Tracker, run_dir: str | Path, summary: Mapping[str, Any]) -
         if tracker.run_id is None:
             _warn(f"{run_dir} was not tracked; upload it later with composeloop.app.tracking.upload_run")
         return
-    tracker.log_epochs(_epochs(run_dir))
+    tracker.log_epochs(read_jsonl(run_dir / "metrics.jsonl"))
     status = str(summary.get("status", "completed"))
     # The summary's own numbers, and its final metrics apart from the per-epoch histories.
     numbers = {key: value for key, value in summary.items() if key not in ("epochs", "metrics")}
@@ -410,6 +358,6 @@ def upload_run(uri: str, run_dir: str | Path, experiment: str | None = None) -> 
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     name = experiment or str(summary.get("experiment") or config.get("experiment") or "composeloop")
     tracker = start_run(uri, run_dir, experiment=name, params=flatten(config))
-    tracker.log_epochs(_epochs(run_dir))
+    tracker.log_epochs(read_jsonl(run_dir / "metrics.jsonl"))
     end_run(tracker, run_dir, summary)
     return tracker

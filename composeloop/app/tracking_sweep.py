@@ -2,33 +2,31 @@
 
 This module owns the sweep's side of tracking: `SweepTracking`, the Hydra callback that
 opens the parent run (or continues it, when a search is rerun into the same sweep
-directory) and ends it with the sweep's summary files as artifacts, and `parent_run_id`,
-by which a job finds its parent: an environment variable set in the sweep's process
-(inherited by a parallel launcher's workers), else ``mlflow_parent.json`` in the sweep
-directory. One run's tracking is `composeloop.app.tracking`'s.
+directory), hands its id to every job through ``hydra.job.env_set`` (so jobs in this
+process and in a launcher's workers alike find it: `composeloop.app.tracking.parent_run_id`),
+and ends it with the sweep's summary files as artifacts. One run's tracking is
+`composeloop.app.tracking`'s.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from composeloop.app.tracking import DEFAULT_URI, Tracker, end_run, flatten, read_json, start_run
+from composeloop.app.tracking import (
+    DEFAULT_URI,
+    ENV_PARENT,
+    PARENT_FILE,
+    Tracker,
+    end_run,
+    flatten,
+    parent_run_id,
+    start_run,
+)
 
-PARENT_FILE = "mlflow_parent.json"
-ENV_PARENT = "COMPOSELOOP_MLFLOW_PARENT"
-
-
-def parent_run_id(sweep_dir: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
-    """The MLflow run of the sweep this job belongs to: from the environment, else the sweep directory."""
-    if environ.get(ENV_PARENT):
-        return environ[ENV_PARENT]
-    found = read_json(Path(sweep_dir) / PARENT_FILE) if sweep_dir is not None else None
-    return (found or {}).get("run_id")
+__all__ = ["ENV_PARENT", "PARENT_FILE", "SweepTracking", "parent_run_id", "tracking_settings"]
 
 
 def tracking_settings(config: Any) -> tuple[str, str] | None:
@@ -72,10 +70,18 @@ class SweepTracking(Callback):
                                  tags={"composeloop.sweeper": sweeper}, run_name=f"sweep {sweep_dir.name}",
                                  run_file=PARENT_FILE)  # fmt: skip
         if self.tracker.active:
-            os.environ[ENV_PARENT] = str(self.tracker.run_id)
+            from omegaconf import OmegaConf, open_dict, read_write
+
+            from composeloop.app.search_job import override_value
+
+            # Each job composes its config from the master config's Hydra overrides, in this
+            # process or a launcher's workers alike: through them it gets its parent's id.
+            env = f"++hydra.job.env_set.{ENV_PARENT}={override_value(str(self.tracker.run_id))}"
+            with read_write(config.hydra.overrides), open_dict(config.hydra.overrides):
+                earlier = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)
+                config.hydra.overrides.hydra = [*earlier, env]
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        os.environ.pop(ENV_PARENT, None)
         if self.tracker is not None:
             end_run(self.tracker, Path(str(config.hydra.sweep.dir)), {"status": "completed"})
             self.tracker = None

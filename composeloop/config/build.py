@@ -13,7 +13,7 @@ imported inside the builders, after the config has been validated.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from composeloop.config import parts
@@ -169,7 +169,10 @@ def optimizer_factory(config: OptimizerConfig, total_steps: int = 1) -> Callable
     The factory takes an optional ``learning_rate`` (a player's own peak rate). A
     ``optimizer._target_`` (any `keras.optimizers` class, or yours) gets the schedule as
     ``learning_rate``, ``momentum``/``beta_1``/``beta_2`` when they are set, and the
-    section's extra keys; a set key the target does not take is refused.
+    section's extra keys; a set key the target does not take is refused. With
+    ``optimizer.weight_decay`` set, a Keras optimizer's own weight decay (AdamW's) is
+    switched off: composeloop's decoupled decay (`composeloop.config.stages.wrap_apply`)
+    takes its place, so weights are never decayed twice.
 
     Raises:
       ConfigError: naming the key (at the first call, before any training).
@@ -203,6 +206,8 @@ def optimizer_factory(config: OptimizerConfig, total_steps: int = 1) -> Callable
             raise ConfigError(
                 f"optimizer._target_: {config._target_} gave {type(optimizer).__name__}, not a Keras optimizer"
             )
+        if config.weight_decay is not None:
+            optimizer.weight_decay = None  # Keras's own decay: composeloop's replaces it (wrap_apply)
         return optimizer
 
     make()  # a wrong argument fails now, not when the step is built
@@ -228,11 +233,37 @@ def _as_transform(value: Any, spec: PartSpec) -> Any:
     return value
 
 
+def _chain(specs: Sequence[PartSpec]) -> Any:
+    from composeloop import step
+
+    return step.chain(*(_transform(spec) for spec in specs))
+
+
+def _group_transform(spec: PartSpec) -> Any:
+    """A configured `masked` or `partition` (see `composeloop.config.parts.group_specs`)."""
+    from composeloop import step
+
+    groups, default = parts.group_specs(spec)
+    if spec.name == "masked":
+        return step.masked(_chain(groups[0].transforms), list(groups[0].patterns), name=f"{spec.key}.masked")
+    seen: dict[str, str] = {}
+    for group in groups:
+        pattern = group.patterns[0]
+        if pattern in seen:
+            raise ConfigError(f"{group.key}.pattern: {pattern!r} is already the pattern of {seen[pattern]}")
+        seen[pattern] = group.key
+    chains = {group.patterns[0]: _chain(group.transforms) for group in groups}
+    default_chain = None if default is None else _chain(default)
+    return step.partition(chains, default=default_chain, name=f"{spec.key}.partition")
+
+
 def _transform(spec: PartSpec) -> Any:
     """A transform from a spec: a built-in factory's, or a target that is a transform (three
     required arguments), a function of the gradient list (one), or a factory (none, or args)."""
     from composeloop import step
 
+    if spec.name in parts.GROUP_TRANSFORMS:
+        return _group_transform(spec)
     if spec.name:
         return _as_transform(call_with(getattr(step, spec.name), spec.key, spec.args), spec)
     target = resolve(spec.target, f"{spec.key}._target_")
@@ -261,6 +292,7 @@ def transform_factory(config: GradientConfig) -> Callable[[], Any]:
         for spec in parts.part_specs(config.transforms, "gradient.transforms", parts.BUILTIN_TRANSFORMS)
         if spec.name != "skip_nonfinite"
     ]
+    parts.transform_specs(config.transforms, "gradient.transforms")  # the nested lists too
 
     def make() -> Any:
         transforms = [step.skip_nonfinite(), *(_transform(spec) for spec in specs)]
@@ -299,11 +331,15 @@ def build_metrics(entries: list[Any]) -> tuple[Any, ...]:
 
 
 def check_cluster(config: StrategyConfig) -> None:
-    """For strategy=multi_worker: checks TF_CONFIG before TensorFlow loads (ConfigError naming the key)."""
+    """For strategy=multi_worker: checks the cluster environment there is (TF_CONFIG, or srun's
+    SLURM variables) before TensorFlow loads, a ConfigError naming the variable. None at all
+    is not an error here: a sweep may submit its jobs to a scheduler from a shell outside any
+    cluster; the worker that finds none says so when it makes its strategy."""
     if config.name is StrategyKind.multi_worker:
-        from composeloop.cluster import require_task
+        from composeloop.cluster import described, resolve
 
-        require_task()
+        if described():
+            resolve()
 
 
 def set_precision(precision: Precision) -> None:
@@ -312,6 +348,14 @@ def set_precision(precision: Precision) -> None:
     import keras
 
     keras.mixed_precision.set_global_policy(precision.value)
+
+
+def wrap_apply(step: Any, optimizer: OptimizerConfig, train: TrainConfig) -> Any:
+    """Weight decay, lookahead and EMA around every phase's apply stage; see
+    `composeloop.config.stages.wrap_apply`. Apply it before `adapt_step`."""
+    from composeloop.config import stages
+
+    return stages.wrap_apply(step, optimizer, train)
 
 
 def adapt_step(step: Any, config: TrainConfig) -> Any:

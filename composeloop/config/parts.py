@@ -24,8 +24,19 @@ import attrs
 from composeloop.errors import ConfigError
 
 # Built-in gradient transform factories of `composeloop.step`, usable by name in
-# gradient.transforms, and metric factories usable by name in `metrics`.
-BUILTIN_TRANSFORMS = ("skip_nonfinite", "clip_by_value", "clip_by_norm", "clip_by_global_norm", "scale", "identity")
+# gradient.transforms, and metric factories usable by name in `metrics`. The group
+# transforms take nested transform lists (`GroupSpec`).
+GROUP_TRANSFORMS = ("masked", "partition")
+BUILTIN_TRANSFORMS = (
+    "skip_nonfinite",
+    "clip_by_value",
+    "clip_by_norm",
+    "clip_by_global_norm",
+    "scale",
+    "identity",
+    "add_decayed_weights",
+    *GROUP_TRANSFORMS,
+)
 BUILTIN_METRICS = ("accuracy", "mean_loss", "mean_output")
 SCHEDULE_NAMES = ("constant", "cosine", "cyclic")
 
@@ -117,6 +128,118 @@ def part_specs(entries: Sequence[Any], key: str, builtins: Sequence[str]) -> lis
     return specs
 
 
+@attrs.frozen
+class GroupSpec:
+    """One group of a configured `masked` or `partition`: which variables, and their transforms.
+
+    Attributes:
+      key: the config key of the group (``gradient.transforms[0].partition.groups[1]``).
+      patterns: regular expressions searched in each variable's path (a `masked` group may
+        have several: any may match; a `partition` group has one).
+      transforms: the group's chain, read like ``gradient.transforms`` itself.
+    """
+
+    key: str
+    patterns: tuple[str, ...]
+    transforms: tuple[PartSpec, ...]
+
+
+def _patterns(value: Any, key: str, several: bool) -> tuple[str, ...]:
+    import re
+
+    patterns = list(value) if several and isinstance(value, list | tuple) else [value]
+    if not patterns:
+        raise ConfigError(f"{key}: must name at least one pattern (a regular expression)")
+    for index, pattern in enumerate(patterns):
+        where = f"{key}[{index}]" if several and isinstance(value, list | tuple) else key
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"{where}: must be a pattern (a regular expression) of variable paths, got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(f"{where}: {pattern!r} is not a regular expression: {error}") from None
+    return tuple(patterns)
+
+
+def _arguments(spec: PartSpec, allowed: Sequence[str], required: Sequence[str]) -> None:
+    where = f"{spec.key}.{spec.name}"
+    for name in spec.args:
+        if name not in allowed:
+            raise ConfigError(f"{where}.{name}: not an argument of {spec.name} (it takes {', '.join(allowed)})")
+    for name in required:
+        if name not in spec.args:
+            raise ConfigError(f"{where}: needs '{name}' ({spec.name}: {{{', '.join(allowed)}}})")
+
+
+def group_specs(spec: PartSpec) -> tuple[list[GroupSpec], list[PartSpec] | None]:
+    """Reads a configured `masked` or `partition` entry; returns its groups and its default chain.
+
+    ``masked: {mask: PATTERN or [PATTERNS], transforms: [...]}`` has one group and no
+    default; ``partition: {groups: [{pattern: P, transforms: [...]}, ...], default: [...]}``
+    has one group per entry (at least one) and a default chain for the variables no
+    pattern matches (omitted: None, every variable must match a group).
+
+    Raises:
+      ConfigError: naming the key of the first malformed part.
+
+    Example:
+      >>> entry = {"masked": {"mask": "kernel", "transforms": [{"clip_by_global_norm": {"max_norm": 1.0}}]}}
+      >>> groups, _ = group_specs(part_specs([entry], "gradient.transforms", BUILTIN_TRANSFORMS)[0])
+      >>> groups[0].patterns, groups[0].transforms[0].name
+      (('kernel',), 'clip_by_global_norm')
+    """
+    where = f"{spec.key}.{spec.name}"
+
+    def chain(value: Any, key: str) -> list[PartSpec]:
+        specs = part_specs(value, key, BUILTIN_TRANSFORMS)
+        for nested in specs:
+            if nested.name in GROUP_TRANSFORMS:
+                group_specs(nested)
+        return specs
+
+    if spec.name == "masked":
+        _arguments(spec, ("mask", "transforms"), ("mask", "transforms"))
+        group = GroupSpec(
+            where,
+            _patterns(spec.args["mask"], f"{where}.mask", several=True),
+            tuple(chain(spec.args["transforms"], f"{where}.transforms")),
+        )
+        return [group], None
+    _arguments(spec, ("groups", "default"), ("groups",))
+    entries = spec.args["groups"]
+    if not isinstance(entries, list | tuple) or not entries:
+        raise ConfigError(
+            f"{where}.groups: must be a non-empty list of {{pattern: P, transforms: [...]}}, got {entries!r}"
+        )
+    groups = []
+    for index, entry in enumerate(entries):
+        key = f"{where}.groups[{index}]"
+        if not isinstance(entry, Mapping) or set(entry) != {"pattern", "transforms"}:
+            raise ConfigError(f"{key}: must be {{pattern: P, transforms: [...]}}, got {entry!r}")
+        patterns = _patterns(entry["pattern"], f"{key}.pattern", several=False)
+        groups.append(GroupSpec(key, patterns, tuple(chain(entry["transforms"], f"{key}.transforms"))))
+    default = spec.args.get("default")
+    return groups, None if default is None else chain(default, f"{where}.default")
+
+
+def transform_specs(entries: Sequence[Any], key: str) -> list[PartSpec]:
+    """`part_specs` for a transform list, the nested lists of its `masked` and `partition`
+    entries checked too; returns every spec, nested ones included (to resolve their targets)."""
+    return _flatten(part_specs(entries, key, BUILTIN_TRANSFORMS))
+
+
+def _flatten(specs: Sequence[PartSpec]) -> list[PartSpec]:
+    found = []
+    for spec in specs:
+        found.append(spec)
+        if spec.name in GROUP_TRANSFORMS:
+            groups, default = group_specs(spec)
+            for group in groups:
+                found += _flatten(group.transforms)
+            found += _flatten(default or [])
+    return found
+
+
 def check_schedule(schedule: Any) -> Any:
     """The `Schedule` member for a schedule name; None for a ``{_target_: ...}`` schedule.
 
@@ -143,7 +266,7 @@ def check_declared(config: Any) -> None:
     Raises:
       ConfigError: naming the first key at fault.
     """
-    part_specs(config.gradient.transforms, "gradient.transforms", BUILTIN_TRANSFORMS)
+    transform_specs(config.gradient.transforms, "gradient.transforms")
     part_specs(config.metrics, "metrics", BUILTIN_METRICS)
     for section in ("data", "model", "optimizer", "step"):
         target = getattr(config, section)._target_
@@ -151,7 +274,7 @@ def check_declared(config: Any) -> None:
             resolve(target, f"{section}._target_")
         _resolve_nested(getattr(config, section).args, section)
     for spec in [
-        *part_specs(config.gradient.transforms, "gradient.transforms", BUILTIN_TRANSFORMS),
+        *transform_specs(config.gradient.transforms, "gradient.transforms"),
         *part_specs(config.metrics, "metrics", BUILTIN_METRICS),
     ]:
         if spec.target:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Callable
 from typing import Any, Dict, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
 
@@ -70,9 +71,11 @@ def count(low: int, high: int = INT32_MAX, optional: bool = False) -> Callable:
 positive = _check(lambda v: v > 0, "> 0")
 optional_positive = _check(lambda v: v > 0, "> 0", optional=True)
 non_negative = _check(lambda v: v >= 0, ">= 0")
+optional_non_negative = _check(lambda v: v >= 0, ">= 0", optional=True)
 unit_interval_open = _check(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
 optional_unit_interval_open = _check(lambda v: 0 < v < 1, "between 0 and 1 (exclusive)", optional=True)
 fraction = _check(lambda v: 0 <= v < 1, "in [0, 1)")
+unit_interval_closed_above = _check(lambda v: 0 < v <= 1, "in (0, 1]")
 optional_fraction = _check(lambda v: 0 <= v < 1, "in [0, 1)", optional=True)
 
 
@@ -93,6 +96,20 @@ def example_shape(instance: Any, attribute: attrs.Attribute, value: Any) -> None
 def optional_import_path(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value.strip() or " " in value.strip()):
         raise InvalidValue(attribute.name, f"must be an import path like my_pkg.module.name, got {value!r}")
+
+
+def regular_expressions(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A list of regular expressions (variable path patterns); names the entry at fault."""
+    if not isinstance(value, list | tuple):
+        raise InvalidValue(attribute.name, f"must be a list of patterns, got {value!r}")
+    for index, pattern in enumerate(value):
+        where = f"{attribute.name}[{index}]"
+        if not isinstance(pattern, str) or not pattern:
+            raise InvalidValue(where, f"must be a non-empty pattern (a regular expression), got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise InvalidValue(where, f"{pattern!r} is not a regular expression: {error}") from None
 
 
 def _target() -> Any:
@@ -162,6 +179,12 @@ class OptimizerConfig:
 
     `schedule` is a name (constant, cosine, cyclic) or a ``{_target_: ...}`` giving a Keras
     `LearningRateSchedule` or a function of the update count.
+
+    `weight_decay` is composeloop's decoupled weight decay, the same for every optimizer
+    and every phase (``w -= learning_rate * weight_decay * w`` before each update, AdamW's
+    rule), sparing the variables whose path matches a `weight_decay_exclude` pattern. When
+    it is set, an optimizer's own decay (AdamW's default 0.004) is switched off, so weights
+    are never decayed twice; null leaves the optimizer's own as it is.
     """
 
     _target_: Optional[str] = _target()  # noqa: UP045
@@ -174,6 +197,8 @@ class OptimizerConfig:
     warmup_steps: int = attrs.field(default=0, validator=count(0, INT64_MAX))
     min_learning_rate: float = attrs.field(default=0.0, validator=non_negative)
     cycle_steps: int = attrs.field(default=2000, validator=count(2, INT64_MAX))
+    weight_decay: Optional[float] = attrs.field(default=None, validator=optional_non_negative)  # noqa: UP045
+    weight_decay_exclude: List[str] = attrs.field(default=[], validator=regular_expressions)  # noqa: UP006
     args: Dict[str, Any] = {}  # noqa: UP006
 
 
@@ -211,12 +236,21 @@ class StepConfig:
 
 @attrs.define
 class TrainConfig:
+    """How every phase trains. `ema` (a decay) keeps an exponential moving average of the
+    weights, which validation, the saved models and the other modes use; `lookahead` (k)
+    pulls slow weights `lookahead_alpha` of the way towards the fast ones every k updates.
+    """
+
     epochs: int = attrs.field(default=10, validator=count(0, INT32_MAX))
     steps_per_execution: int = attrs.field(default=1, validator=count(1, INT32_MAX))
     jit_compile: bool = False
     nan_policy: NanPolicy = NanPolicy["raise"]
     accumulate: int = attrs.field(default=1, validator=count(1, INT32_MAX))
     precision: Precision = Precision.float32
+    ema: Optional[float] = attrs.field(default=None, validator=optional_unit_interval_open)  # noqa: UP045 - null: off
+    ema_warmup: bool = True  # decay min(ema, (1 + n) / (10 + n)) for the n-th update
+    lookahead: Optional[int] = attrs.field(default=None, validator=count(1, INT32_MAX, optional=True))  # noqa: UP045 - k
+    lookahead_alpha: float = attrs.field(default=0.5, validator=unit_interval_closed_above)
 
 
 @attrs.define
@@ -256,6 +290,24 @@ class ReportConfig:
     curves: bool = True
 
 
+class TrackingBackend(enum.Enum):
+    none = "none"  # the run directory only
+    mlflow = "mlflow"  # also an MLflow run (the composeloop[tracking] extra)
+
+
+@attrs.define
+class TrackingConfig:
+    """Where runs are recorded besides their directory (`tracking=mlflow` selects MLflow).
+
+    `uri` is any MLflow tracking URI; the default is a SQLite file in the working directory
+    (no server). `experiment` is the MLflow experiment (null: the config's `experiment`).
+    """
+
+    backend: TrackingBackend = TrackingBackend.none
+    uri: str = "sqlite:///mlflow.db"
+    experiment: Optional[str] = None  # noqa: UP045
+
+
 @attrs.define
 class StrategyConfig:
     """Where a run's replicas live: `name` picks the tf.distribute strategy."""
@@ -287,6 +339,22 @@ class GanConfig:
     grid: int = attrs.field(default=64, validator=count(1, 4096))
     samples: int = attrs.field(default=1000, validator=count(1, 1_000_000))
     classifier_epochs: int = attrs.field(default=30, validator=count(1, 100_000))
+
+
+@attrs.define
+class LrFindConfig:
+    """`mode=lr_find` (`+experiment=lr_find`): the learning-rate range test.
+
+    The learning rate of every phase's optimizer ramps exponentially from `start` to `end`
+    over `steps` training steps; the test stops early once the smoothed loss exceeds
+    `divergence` times its minimum (or is not finite).
+    """
+
+    start: float = attrs.field(default=1e-7, validator=positive)
+    end: float = attrs.field(default=10.0, validator=positive)
+    steps: int = attrs.field(default=100, validator=count(2, 10_000_000))
+    smoothing: float = attrs.field(default=0.9, validator=fraction)  # the weight of the old loss average
+    divergence: float = attrs.field(default=4.0, validator=_check(lambda v: v > 1, "> 1"))
 
 
 @attrs.define
@@ -332,8 +400,10 @@ class Config:
     checkpoint: CheckpointConfig = CheckpointConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
     strategy: StrategyConfig = StrategyConfig()
     predict: PredictConfig = PredictConfig()
+    lr_find: LrFindConfig = LrFindConfig()
 
 
 # Open sections: a user may set their `_target_`; their other keys are the target's arguments.

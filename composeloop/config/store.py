@@ -99,5 +99,14 @@ def _check_across_sections(config: Config) -> None:
             f"optimizer.min_learning_rate: must be below optimizer.learning_rate ({optimizer.learning_rate}) "
             f"for schedule={schedule.value}, got {optimizer.min_learning_rate}"
         )
+    if optimizer.weight_decay_exclude and optimizer.weight_decay is None:
+        raise ConfigError(
+            "optimizer.weight_decay_exclude: excludes variables from optimizer.weight_decay, which is not set "
+            "(an optimizer's own decay, AdamW's, is not masked): set optimizer.weight_decay=RATE"
+        )
+    if config.lr_find.start >= config.lr_find.end:
+        raise ConfigError(
+            f"lr_find.start: must be below lr_find.end ({config.lr_find.end}), got {config.lr_find.start}"
+        )
     parts.check_declared(config)
     check_cluster(config.strategy)  # a malformed TF_CONFIG fails before TensorFlow loads

@@ -176,6 +176,10 @@ class Checkpoints:
     def restore(self, path: str, models_only: bool = False) -> tuple[int, int]:
         """Restores the checkpoint at `path` into the program; returns its (epoch, batch).
 
+        `models_only` restores the weights alone: the models' variables and the apply
+        stages' state (optimizer slots, and the EMA shadows or slow weights a swap for
+        evaluation reads), not the position, counters or metric states.
+
         Raises:
           UnreadableCheckpoint: its files are missing, truncated or corrupt.
           CheckpointError: it does not fit the program (the message names the first few
@@ -187,7 +191,8 @@ class Checkpoints:
             more = len(differences) - _SHOWN_DIFFERENCES
             extra = f"; and {more} more" if more > 0 else ""
             raise CheckpointError(f"checkpoint {path} does not fit this run: {shown}{extra}")
-        groups = {k: v for k, v in self.groups.items() if k.startswith("model_")} if models_only else self.groups
+        weights = ("model_", "apply_")
+        groups = {k: v for k, v in self.groups.items() if k.startswith(weights)} if models_only else self.groups
         try:
             # `differences` has checked that every variable is there with its shape.
             status = tf.train.Checkpoint(**groups).read(path)

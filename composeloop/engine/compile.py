@@ -209,7 +209,10 @@ class Program:
     # -- public --------------------------------------------------------------------------
 
     def distribute(self, dataset: tf.data.Dataset) -> Any:
-        """The dataset as this program's strategy wants it (split over replicas)."""
+        """The dataset as this program's strategy wants it (split over replicas); data read
+        per worker (`composeloop.engine.sources.PerWorker`) goes its own way."""
+        if hasattr(dataset, "distribute_over"):
+            return dataset.distribute_over(self.strategy)
         if self.strategy.num_replicas_in_sync == 1:
             return dataset
         # Each global batch is split over the replicas (of every worker), a short last

@@ -13,8 +13,9 @@ from typing import Any
 
 from composeloop.engine.events import Handler, on_run_end
 from composeloop.files import write_atomically
+from composeloop.vocabulary import TRAIN, VAL
 
-_PREFIXES = {"train_": "train", "val_": "validation"}
+_PREFIXES = {f"{TRAIN}_": TRAIN, f"{VAL}_": VAL}
 
 
 def _series(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:

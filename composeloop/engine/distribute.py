@@ -2,11 +2,14 @@
 
 This module owns the `Replication` the engine hands to steps under a strategy: gradient and
 metric all-reduces by summation, and an apply that runs exactly once per step for all
-replicas. It does not build strategies (that is configuration) nor loop over data.
+replicas; and, for the loop, how many worker processes a strategy spans and a sum over
+them (so that every worker takes the same decision, e.g. to stop). It does not build
+strategies (that is configuration) nor loop over data.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,9 +56,13 @@ def _apply_once(apply: Callable, update: Gradients, variables: Sequence[tf.Varia
 
 
 def replication_for(strategy: tf.distribute.Strategy) -> Replication:
-    """The replication hooks for a strategy; the local one for a single replica."""
+    """The replication hooks for a strategy; the local one for a single replica on one machine.
+
+    A multi-worker strategy with one replica (one worker) still applies through a merge
+    call: its Keras optimizers would otherwise call one inside the compiled step.
+    """
     replicas = strategy.num_replicas_in_sync
-    if replicas == 1:
+    if replicas == 1 and getattr(strategy, "cluster_resolver", None) is None:
         return LOCAL
     return Replication(num_replicas=replicas, sum=_all_reduce_sum, apply=_apply_once)
 
@@ -66,3 +73,48 @@ def replica_id() -> tf.Tensor:
     if context is None:
         return tf.constant(0)
     return tf.cast(context.replica_id_in_sync_group, tf.int64)
+
+
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+    """How many worker processes `strategy` spans: 1 unless it is a multi-worker strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec()
+    return sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs) or 1
+
+
+_sums: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def sum_over_workers(strategy: tf.distribute.Strategy) -> Callable[[Sequence[float]], list[float]]:
+    """A function summing a short vector over the workers of `strategy`: one small all-reduce.
+
+    Every worker must call it the same number of times, in the same order relative to
+    the training steps (it is a collective). With one worker it returns its argument and
+    costs nothing. Each worker's local replicas all contribute the same vector, so the
+    replica sum is divided by the replicas per worker (workers have equal replica counts).
+
+    Example:
+      >>> total = sum_over_workers(strategy)
+      >>> total([1.0, 0.0])  # on 2 workers, one of which passes [0.0, 0.0]
+      [1.0, 0.0]
+    """
+    workers = worker_count(strategy)
+    if workers == 1:
+        return lambda values: [float(value) for value in values]
+    if strategy not in _sums:
+        per_worker = strategy.num_replicas_in_sync // workers
+
+        @tf.function
+        def summed(values: tf.Tensor) -> Any:
+            # identity places the function's input on each replica's device; a collective
+            # needs its operands there.
+            return strategy.run(lambda v: _all_reduce_sum(tf.identity(v)), args=(values,))
+
+        def total(values: Sequence[float]) -> list[float]:
+            result = strategy.experimental_local_results(summed(tf.constant(values, tf.float32)))[0]
+            return [float(value) / per_worker for value in result.numpy()]
+
+        _sums[strategy] = total
+    return _sums[strategy]

@@ -2,8 +2,12 @@
 
 This module owns three loop services, each a list of event handlers: early stopping (a
 pure function of the epoch history, so a resumed run stops exactly where a straight one
-would), the NaN policy (raise, skip or stop on a non-finite loss), and turning SIGTERM and
-SIGINT into a stop request that lets the current step finish and the run save its state.
+would), the NaN policy (raise, skip or stop on a non-finite loss), and turning SIGTERM,
+SIGINT and SIGUSR1 (SLURM's warning before a time limit or pre-emption) into a stop
+request that lets the current step finish and the run save its state. In a multi-worker
+run the stop request is agreed: after every compiled call the workers sum, over all of
+them, which signals each has received (one small all-reduce), so a signal to any one
+worker stops every worker after the same step, and all report the same signal.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from composeloop.engine.distribute import sum_over_workers
 from composeloop.engine.events import Handler, RunState, on_chunk, on_epoch_end, on_run_begin
 from composeloop.errors import ConfigError, NonFiniteLossError
 from composeloop.vocabulary import Direction, NanPolicy, resolve_direction
@@ -135,14 +140,22 @@ def nan_policy(policy: NanPolicy | str) -> list[Handler]:
 
 
 class SignalStop:
-    """Turns SIGTERM and SIGINT into a stop request, while the `installed()` block runs.
+    """Turns SIGTERM, SIGINT and SIGUSR1 into a stop request, while the `installed()` block runs.
 
     The step in flight finishes, the run's end handlers save a checkpoint and a summary,
     and `received` tells which signal arrived. A second signal restores the default
     behaviour and delivers it, so a stuck run can still be killed with a second Ctrl-C.
+
+    SIGUSR1 is what SLURM sends ahead of a time limit or pre-emption when a job asks for
+    it (``sbatch --signal=USR1@60``): the run checkpoints and stops like on SIGTERM, so
+    that the job can be requeued (``--requeue``) and resumed from that checkpoint.
+
+    Under a multi-worker strategy the handlers agree on the request across workers after
+    every compiled call (see the module docstring): every worker stops after the same
+    step with the same `signal`, whichever worker got it.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
@@ -165,10 +178,20 @@ class SignalStop:
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
+    def agreed(self, state: RunState) -> tuple[signal.Signals | None, bool]:
+        """The signal every worker acts on (the first of SIGNALS received by any), and
+        whether this worker received it itself. A collective under multi-worker strategies."""
+        received = self.received  # read once: a signal may arrive while the workers agree
+        counts = sum_over_workers(state.program.strategy)([float(received == s) for s in self.SIGNALS])
+        agreed = next((s for s, count in zip(self.SIGNALS, counts, strict=True) if count > 0), None)
+        return agreed, agreed is not None and agreed == received
+
     def handlers(self) -> list[Handler]:
         def check(state: RunState) -> None:
-            if self.received is not None:
-                state.extras["signal"] = self.received.name
-                state.stop("interrupted", f"{self.received.name} at step {state.step}")
+            agreed, here = self.agreed(state)
+            if agreed is not None:
+                state.extras["signal"] = agreed.name
+                where = "" if here else " on another worker"
+                state.stop("interrupted", f"{agreed.name}{where} at step {state.step}")
 
         return [on_run_begin(check), on_chunk(check)]

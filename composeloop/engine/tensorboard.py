@@ -1,4 +1,4 @@
-"""TensorBoard summaries of a run, under ``<run dir>/tensorboard/{train,validation}``.
+"""TensorBoard summaries of a run, under ``<run dir>/tensorboard/{train,val}``.
 
 This module owns which scalars and images a run sends to TensorBoard: every logged metric
 (train and validation under the same tag, so they overlay), each phase's learning rate and
@@ -22,6 +22,7 @@ from tensorflow.core.framework import summary_pb2
 
 from composeloop.engine.compile import Program
 from composeloop.engine.events import Handler, RunState, every_steps, on_epoch_end, on_run_begin, on_run_end
+from composeloop.vocabulary import TRAIN, VAL
 
 Images = Callable[[RunState], np.ndarray]
 
@@ -84,12 +85,12 @@ def tensorboard(directory: Path, every: int | None = None, images: Images | None
       >>> from composeloop.engine import fit
       >>> history = fit(program, train_data, epochs=2, handlers=tensorboard(run_dir / "tensorboard"))
       >>> sorted(path.name for path in (run_dir / "tensorboard").iterdir())  # tensorboard --logdir run_dir
-      ['train', 'validation']
+      ['train', 'val']
     """
     writers: dict[str, Any] = {}
 
     def open_writers(state: RunState) -> None:
-        for kind in ("train", "validation"):
+        for kind in (TRAIN, VAL):
             writers[kind] = tf.summary.create_file_writer(str(Path(directory) / kind))
 
     def scalars(kind: str, values: dict[str, float], step: int) -> None:
@@ -98,19 +99,19 @@ def tensorboard(directory: Path, every: int | None = None, images: Images | None
                 write_scalar(tag, value)
 
     def per_steps(state: RunState) -> None:
-        scalars("train", _step_scalars(state.program), state.step)
+        scalars(TRAIN, _step_scalars(state.program), state.step)
 
     def per_epoch(state: RunState) -> None:
         logs = state.logs
-        train = {key.removeprefix("train_"): v for key, v in logs.items() if key.startswith("train_")}
+        train = {key.removeprefix(f"{TRAIN}_"): v for key, v in logs.items() if key.startswith(f"{TRAIN}_")}
         train |= _step_scalars(state.program)
         if state.steps_in_epoch and logs.get("seconds"):
             train["steps_per_second"] = state.steps_in_epoch / logs["seconds"]
-        scalars("train", train, state.step)
-        validation = {key.removeprefix("val_"): v for key, v in logs.items() if key.startswith("val_")}
-        scalars("validation", validation, state.step)
+        scalars(TRAIN, train, state.step)
+        validation = {key.removeprefix(f"{VAL}_"): v for key, v in logs.items() if key.startswith(f"{VAL}_")}
+        scalars(VAL, validation, state.step)
         if images is not None:
-            with writers["train"].as_default(step=state.step):
+            with writers[TRAIN].as_default(step=state.step):
                 write_images("samples", images(state))
         for writer in writers.values():
             writer.flush()

@@ -32,7 +32,7 @@ from composeloop.step.gradients import (
     scale,
     skip_nonfinite,
 )
-from composeloop.step.groups import masked, partition
+from composeloop.step.groups import MaskWarning, masked, partition
 from composeloop.step.lookahead import Lookahead, lookahead
 from composeloop.step.losses import sparse_categorical_crossentropy
 from composeloop.step.metrics import Metric, accuracy, mean_loss, mean_output, merge
@@ -49,6 +49,7 @@ __all__ = [
     "Gradients",
     "LOCAL",
     "Lookahead",
+    "MaskWarning",
     "Metric",
     "OptimizerApply",
     "Phase",

@@ -31,6 +31,10 @@ from composeloop.step.stateful import build_stage
 Mask = str | Sequence[str] | Callable[[Any], bool]
 
 
+class MaskWarning(UserWarning):
+    """A mask pattern (or predicate) picks none of a phase's variables: most likely a typo."""
+
+
 def variable_path(variable: Any) -> str:
     """What a mask pattern is searched in: Keras 3's ``variable.path``, else ``variable.name``."""
     return getattr(variable, "path", None) or variable.name
@@ -83,7 +87,7 @@ class Selector:
             warnings.warn(
                 f"{self.stage}: {self.argument} pattern {pattern} matches no variable of "
                 f"{len(paths)} ({', '.join(paths[:4])}{', ...' if len(paths) > 4 else ''})",
-                UserWarning,
+                MaskWarning,
                 stacklevel=4,
             )
         self._resolved = (list(variables), chosen)
@@ -97,7 +101,9 @@ def _subset(items: Sequence[Any], indices: Sequence[int]) -> list[Any]:
 class _Groups:
     """Routes each variable to one group's transform (or past all of them); see `partition`."""
 
-    def __init__(self, groups: Sequence[tuple[Selector, Transform]], default: Transform | None, stage: str) -> None:
+    def __init__(
+        self, groups: Sequence[tuple[Selector, Transform]], default: Transform | None, stage: str, every: bool
+    ) -> None:
         for selector, transform in groups:
             if not callable(transform):
                 raise TypeError(f"{stage}: the transform for {selector.describe()} must be callable")
@@ -105,7 +111,7 @@ class _Groups:
             raise TypeError(f"{stage}: default must be a transform (a callable), got {type(default).__name__}")
         self.groups, self.default, self.stage = list(groups), default, stage
         # every=True: a variable no group picks is an error unless there is a default.
-        self.every = stage == "partition"
+        self.every = every
 
     def route(self, variables: Sequence[Any]) -> list[list[int]]:
         """The variable indices of each group, then of the default (or pass-through) rest."""
@@ -157,7 +163,7 @@ def _both(first: tf.Tensor | bool, second: tf.Tensor | bool) -> tf.Tensor | bool
     return tf.logical_and(first, second)
 
 
-def masked(transform: Transform, mask: Mask) -> Transform:
+def masked(transform: Transform, mask: Mask, *, name: str = "masked") -> Transform:
     """Runs `transform` on the variables `mask` picks; the others' gradients pass unchanged.
 
     The transform sees only the picked gradients and variables: a global-norm clip inside
@@ -169,6 +175,7 @@ def masked(transform: Transform, mask: Mask) -> Transform:
         on the picked variables only.
       mask: a pattern searched in each variable's path, a list of patterns (any may match),
         or a predicate ``variable -> bool``. A pattern matching no variable warns.
+      name: what its messages call the stage (e.g. the config key that made it).
 
     Returns:
       A gradient transform.
@@ -176,10 +183,12 @@ def masked(transform: Transform, mask: Mask) -> Transform:
     Example:
       >>> transform = masked(clip_by_global_norm(1.0), ["kernel"])  # biases are not clipped
     """
-    return _Groups([(Selector(mask, "masked", "mask"), transform)], None, "masked")
+    return _Groups([(Selector(mask, name, "mask"), transform)], None, name, every=False)
 
 
-def partition(groups: Mapping[str, Transform], default: Transform | None = None) -> Transform:
+def partition(
+    groups: Mapping[str, Transform], default: Transform | None = None, *, name: str = "partition"
+) -> Transform:
     """Runs a different transform on each group of variables, picked by path pattern (optax's ``multi_transform``).
 
     Every variable must be matched by exactly one pattern, or by none when a `default`
@@ -193,6 +202,7 @@ def partition(groups: Mapping[str, Transform], default: Transform | None = None)
         patterns are regular expressions searched in each variable's path.
       default: the transform for the variables no pattern matches; None makes such a
         variable an error.
+      name: what its messages call the stage (e.g. the config key that made it).
 
     Returns:
       A gradient transform.
@@ -206,6 +216,6 @@ def partition(groups: Mapping[str, Transform], default: Transform | None = None)
       >>> transform = partition({"backbone": scale(0.1), "head": clip_by_global_norm(1.0)})
     """
     if not isinstance(groups, Mapping) or not groups:
-        raise ValueError("partition: groups must be a non-empty dict of pattern -> transform")
-    selectors = [(Selector(pattern, "partition", "groups"), transform) for pattern, transform in groups.items()]
-    return _Groups(selectors, default, "partition")
+        raise ValueError(f"{name}: groups must be a non-empty dict of pattern -> transform")
+    selectors = [(Selector(pattern, name, "groups"), transform) for pattern, transform in groups.items()]
+    return _Groups(selectors, default, name, every=True)

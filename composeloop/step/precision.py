@@ -99,6 +99,7 @@ def scale_loss(aggregate: Aggregate, loss_scale: DynamicLossScale) -> Aggregate:
         return aggregate(context, losses) * loss_scale._built().read_value()
 
     scaled.build = loss_scale.build  # type: ignore[attr-defined]
+    scaled.loss_scale = loss_scale  # type: ignore[attr-defined]  # for readers of the objective (lr_find)
     return scaled
 
 

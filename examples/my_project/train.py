@@ -9,6 +9,7 @@ summaries, sweeps (-m), strategies, precision and accumulation.
   python train.py +experiment=mine                           # train
   python train.py +experiment=mine hydra.run.dir=runs/a      # Ctrl-C it, run it again: resumes
   python train.py -m +experiment=mine seed=0,1               # a sweep, with its summary
+  python train.py +experiment=mine mode=lr_find              # the learning-rate range test: lr_find.png
 """
 
 import composeloop.app
