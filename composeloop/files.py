@@ -44,7 +44,9 @@ def write_atomically(path: str | Path, content: str | bytes) -> None:
     is removed if anything fails before the rename. Text is written as UTF-8.
 
     Example:
-      >>> write_atomically(run_dir / "notes.txt", "one whole file\n")
+      >>> write_atomically(run_dir / "notes.txt", "one whole file\\n")
+      >>> (run_dir / "notes.txt").read_text()
+      'one whole file\\n'
     """
     path = Path(path)
     data = content.encode() if isinstance(content, str) else content
@@ -77,6 +79,12 @@ def write_json_atomically(path: str | Path, payload: Mapping[str, Any]) -> None:
 
     Example:
       >>> write_json_atomically(run_dir / "summary.json", {"status": "completed", "loss": float("nan")})
+      >>> print((run_dir / "summary.json").read_text())  # NaN, which JSON cannot hold, as a string
+      {
+        "status": "completed",
+        "loss": "nan"
+      }
+      <BLANKLINE>
     """
     write_atomically(path, json.dumps(jsonable(payload), indent=2, default=str) + "\n")
 
@@ -99,6 +107,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file, up to the first line that is cut short or invalid.
 
     Example:
+      >>> with open(run_dir / "metrics.jsonl", "w") as out:  # the last line cut short by a crash
+      ...     _ = out.write('{"epoch": 1}\\n{"epoch": 2}\\n{"epoch": 3}\\n{"epo')
       >>> [line["epoch"] for line in read_jsonl(run_dir / "metrics.jsonl")]
       [1, 2, 3]
     """

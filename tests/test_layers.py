@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md, read from the source: imports only go downward, and no cycles.
+"""The layering of docs/architecture.md, read from the source: imports only go downward, and no cycles.
 
 `step/` knows nothing of the engine, configs, the application or Hydra; the engine knows
 nothing of configs, the application or Hydra; configs and parts never import the

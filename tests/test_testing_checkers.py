@@ -233,7 +233,7 @@ def test_composeloop_does_not_import_testing_and_testing_explains_a_missing_hypo
     done = run_python("import sys; sys.modules['hypothesis'] = None; import composeloop.testing")
     assert done.returncode != 0
     assert "ImportError: composeloop.testing needs Hypothesis" in done.stderr
-    assert "pip install 'composeloop[test]'" in done.stderr
+    assert "pip install 'composeloop[testing]'" in done.stderr
 
 
 @pytest.mark.property

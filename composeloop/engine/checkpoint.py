@@ -83,8 +83,14 @@ class Checkpoints:
         which every worker must do to take part in the save, into a scratch directory.
 
     Example:
+      >>> from composeloop.engine import RunState, compile_step, on_epoch_end, run_loop
+      >>> from composeloop.parts.recipes import classifier_step
       >>> checkpoints = Checkpoints(run_dir / "checkpoints", program, keep=3)
-      >>> state = checkpoints.restore_latest(state)  # resumes where the last run stopped
+      >>> state = run_loop(program, train_data, epochs=1, handlers=[on_epoch_end(checkpoints.save)])
+      >>> later = compile_step(classifier_step(keras.models.clone_model(model), keras.optimizers.SGD(0.1)))
+      >>> resumed = Checkpoints(run_dir / "checkpoints", later).restore_latest(RunState(later, epochs=2))
+      >>> resumed.epoch, resumed.batch, resumed.step  # epoch 1 done, at its first batch, after 2 steps
+      (1, 0, 2)
     """
 
     def __init__(self, directory: Path, program: Program, keep: int = 3, restore_from: Path | None = None) -> None:

@@ -38,7 +38,10 @@ def plot_curves(
     `best_epoch` (1-based), when given, is marked in every panel.
 
     Example:
-      >>> plot_curves(read_jsonl(run_dir / "metrics.jsonl"), run_dir / "curves.png")
+      >>> history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2}, {"epoch": 2, "train_loss": 0.6, "val_loss": 0.9}]
+      >>> plot_curves(history, run_dir / "curves.png", best_epoch=2)
+      >>> (run_dir / "curves.png").read_bytes()[:4]
+      b'\\x89PNG'
     """
     import matplotlib
 

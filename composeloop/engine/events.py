@@ -19,6 +19,8 @@ from composeloop.engine.compile import Program
 
 
 class Event(enum.Enum):
+    """The moments of a run a `Handler` can be attached to, in the order a run meets them."""
+
     RUN_BEGIN = "run_begin"
     EPOCH_BEGIN = "epoch_begin"
     CHUNK = "chunk"  # after every compiled call of `steps_per_execution` steps or fewer
@@ -103,8 +105,12 @@ def every_steps(every: int, fn: Callback) -> Handler:
     """Calls `fn(state)` whenever the global step reaches a multiple of `every`.
 
     Example:
-      >>> save = every_steps(500, lambda state: manager.save(state.step))
-      >>> fit(program, data, epochs=10, handlers=[save])
+      >>> from composeloop.engine import fit
+      >>> saved = []
+      >>> save = every_steps(3, lambda state: saved.append(state.step))
+      >>> history = fit(program, train_data, epochs=4, handlers=[save])  # 2 steps an epoch
+      >>> saved
+      [3, 6]
     """
     return Handler(Event.STEPS, fn, every)
 
@@ -113,8 +119,11 @@ def on_epoch_end(fn: Callback) -> Handler:
     """Calls `fn(state)` after each epoch's validation; `state.logs` is that epoch's logs.
 
     Example:
-      >>> show = on_epoch_end(lambda state: print(state.logs["val_accuracy"]))
-      >>> fit(program, data, epochs=10, handlers=[show])
+      >>> from composeloop.engine import fit
+      >>> show = on_epoch_end(lambda state: print(state.epoch, state.step, sorted(state.logs)))
+      >>> history = fit(program, train_data, epochs=2, handlers=[show])
+      1 2 ['epoch', 'seconds', 'train_accuracy', 'train_loss']
+      2 4 ['epoch', 'seconds', 'train_accuracy', 'train_loss']
     """
     return Handler(Event.EPOCH_END, fn)
 

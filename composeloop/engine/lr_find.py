@@ -182,7 +182,8 @@ def lr_range_test(
       step: any composed step whose phases apply their updates with Keras optimizers
         (wrapped or not); its models built in `strategy`'s scope.
       train_data: epoch -> that epoch's batches; epochs follow one another as needed.
-      start, end: the first and last learning rates (0 < start < end).
+      start: the first learning rate (0 < start < end).
+      end: the last learning rate.
       steps: training steps from `start` to `end` (>= 2). With gradient accumulation, one
         update per k steps: give k times as many.
       smoothing: the weight of the moving average of the loss, in [0, 1).

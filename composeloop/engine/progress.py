@@ -52,8 +52,10 @@ def progress(
       rename: maps an epoch's logs to what the epoch line shows.
 
     Example:
-      >>> fit(program, data, epochs=3, handlers=progress())
-      >>> # epoch 1/3  train_loss 0.4211  ...  1.02s
+      >>> from composeloop.engine import fit
+      >>> history = fit(program, train_data, epochs=2, handlers=progress())
+      epoch 1/2  train_loss ...  train_accuracy ...  ...s
+      epoch 2/2  train_loss ...  train_accuracy ...  ...s
     """
     stream = stream or sys.stdout
     live = stream.isatty() if interactive is None else interactive

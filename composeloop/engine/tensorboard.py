@@ -82,8 +82,10 @@ def tensorboard(directory: Path, every: int | None = None, images: Images | None
       images: state -> images (n, height, width, channels) in [0, 1], recorded each epoch.
 
     Example:
-      >>> handlers = tensorboard(run_dir / "tensorboard", every=100)
-      >>> fit(program, data, epochs=10, handlers=handlers)  # then: tensorboard --logdir run_dir
+      >>> from composeloop.engine import fit
+      >>> history = fit(program, train_data, epochs=2, handlers=tensorboard(run_dir / "tensorboard"))
+      >>> sorted(path.name for path in (run_dir / "tensorboard").iterdir())  # tensorboard --logdir run_dir
+      ['train', 'val']
     """
     writers: dict[str, Any] = {}
 

@@ -119,7 +119,13 @@ def check_first_batches(dataset: Any, batches: int = 4, source: str = "data") ->
       DataError: a batch holds non-finite features (names the batch, feature and count).
 
     Example:
-      >>> check_first_batches(tf.data.Dataset.from_tensor_slices({"x": x}).batch(32), 4, "data.path: train/")
+      >>> import tensorflow as tf
+      >>> features = np.array([[0.0], [1.0], [np.inf]], np.float32)
+      >>> dataset = tf.data.Dataset.from_tensor_slices({"x": features}).batch(2)
+      >>> check_first_batches(dataset, 4, "data.path: train/")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      composeloop.errors.DataError: data.path: train/: batch 1 feature 'x' holds 1 non-finite value
+      (0 NaN, 1 infinite); ...
     """
     if batches < 1:
         raise ValueError(f"batches must be >= 1, got {batches}")

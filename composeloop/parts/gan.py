@@ -34,7 +34,8 @@ def generator(latent_dim: int, image_size: int = 8, width: int = 64) -> keras.Mo
 
     Example:
       >>> g = generator(32, image_size=8)
-      >>> g(tf.zeros([2, 32])).shape  # (2, 8, 8)
+      >>> g(tf.zeros([2, 32])).shape
+      TensorShape([2, 8, 8])
     """
     if latent_dim <= 0:
         raise ComposeError(f"latent_dim must be > 0, got {latent_dim}")
@@ -62,7 +63,8 @@ def discriminator(image_size: int = 8, width: int = 64) -> keras.Model:
 
     Example:
       >>> d = discriminator(image_size=8)
-      >>> d(tf.zeros([2, 8, 8])).shape  # (2, 1)
+      >>> d(tf.zeros([2, 8, 8])).shape
+      TensorShape([2, 1])
     """
     downsamplings = _upsamplings(image_size) + 1
     layers: list = [keras.Input((image_size, image_size)), keras.layers.Reshape((image_size, image_size, 1))]
@@ -88,7 +90,9 @@ def discriminator_phase(
     unweighted gradient penalty).
 
     Example:
-      >>> phase = discriminator_phase(keras.optimizers.Adam(2e-4), latent_dim=32)
+      >>> phase = discriminator_phase(keras.optimizers.Adam(1e-4), latent_dim=32, loss="wasserstein", penalty=10.0)
+      >>> phase.name, phase.trains, [metric.name for metric in phase.metrics]
+      ('discriminator', ('discriminator',), ['d_loss', 'gp'])
     """
     if not isinstance(n_critic, int) or n_critic < 1:
         raise ComposeError(f"n_critic must be an integer >= 1, got {n_critic!r}")
@@ -119,6 +123,8 @@ def generator_phase(
 
     Example:
       >>> phase = generator_phase(keras.optimizers.Adam(2e-4), latent_dim=32)
+      >>> phase.name, phase.trains, [metric.name for metric in phase.metrics]
+      ('generator', ('generator',), ['g_loss'])
     """
     return Phase(
         name="generator",
@@ -176,7 +182,13 @@ def gan_step(
       g_transform: the generator phase's own transform (a stateful transform needs one per phase).
 
     Example:
-      >>> step = gan_step(generator(32), discriminator(), Adam(2e-4, beta_1=0.5), Adam(2e-4, beta_1=0.5), latent_dim=32)
+      >>> from keras.optimizers import Adam
+      >>> from composeloop.engine import compile_step
+      >>> step = gan_step(generator(16), discriminator(), Adam(2e-4, beta_1=0.5), Adam(2e-4, beta_1=0.5), latent_dim=16)
+      >>> [(phase.name, phase.trains) for phase in step.phases]
+      [('discriminator', ('discriminator',)), ('generator', ('generator',))]
+      >>> compile_step(step).train(iter(tf.data.Dataset.from_tensors({"x": tf.zeros([4, 8, 8])})))
+      1
     """
     check_shapes(generator_model, discriminator_model, latent_dim)
     return compose(
@@ -208,7 +220,10 @@ def wgan_gp_step(
     """The WGAN-GP step: Wasserstein losses, a gradient penalty, `n_critic` critic phases.
 
     Example:
-      >>> step = wgan_gp_step(generator(32), discriminator(), Adam(1e-4, 0.0, 0.9), Adam(1e-4, 0.0, 0.9), latent_dim=32)
+      >>> from keras.optimizers import Adam
+      >>> step = wgan_gp_step(generator(16), discriminator(), Adam(1e-4, 0.0, 0.9), Adam(1e-4, 0.0, 0.9), latent_dim=16)
+      >>> [(phase.name, phase.repeats, [metric.name for metric in phase.metrics]) for phase in step.phases]
+      [('discriminator', 5, ['d_loss', 'gp']), ('generator', 1, ['g_loss'])]
     """
     return gan_step(
         generator_model,

@@ -42,7 +42,8 @@ def tile(
     Cells are separated by `pad` pixels of mid grey; a short last row is left grey.
 
     Example:
-      >>> tile(np.zeros((16, 8, 8)), columns=4).shape  # (4 * 33 + 1, 4 * 33 + 1)
+      >>> tile(np.zeros((16, 8, 8)), columns=4).shape  # 4 cells of 8 * 4 pixels and 5 one-pixel gaps a side
+      (133, 133)
     """
     images = np.asarray(images, np.float32)
     if images.ndim == 4 and images.shape[-1] == 1:
@@ -65,7 +66,10 @@ def save_grid(path: str | Path, images: np.ndarray, columns: int = 8, **options:
     """Writes `tile(images, columns, **options)` as a PNG at `path`; returns the path.
 
     Example:
-      >>> save_grid(run_dir / "samples" / "epoch_001.png", generated, columns=8)
+      >>> generated = np.random.default_rng(0).uniform(-1, 1, size=(16, 8, 8))  # a generator's images
+      >>> path = save_grid(run_dir / "samples" / "epoch_001.png", generated, columns=8)
+      >>> path.name, path.read_bytes()[:4]
+      ('epoch_001.png', b'\\x89PNG')
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,8 @@ def mlp(
 
     Example:
       >>> model = mlp((8, 8), 10, width=64, depth=2)
+      >>> model.output_shape, len(model.trainable_variables)  # three dense layers' kernels and biases
+      ((None, 10), 6)
     """
     layers: list = [keras.Input(example_shape), keras.layers.Flatten()]
     for _ in range(depth):
@@ -52,6 +54,8 @@ def cnn(
 
     Example:
       >>> model = cnn((28, 28), 10)
+      >>> model.input_shape, model.output_shape
+      ((None, 28, 28), (None, 10))
     """
     if len(example_shape) not in (2, 3):
         raise DataError(

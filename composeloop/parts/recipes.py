@@ -48,9 +48,10 @@ def classifier_phase(
     per-example ``loss``), `aggregate`, and `apply` (then `optimizer` is not used).
 
     Example:
+      >>> from composeloop.step import clip_by_global_norm
       >>> phase = classifier_phase(keras.optimizers.Adam(1e-3), transform=clip_by_global_norm(1.0))
-      >>> phase.name
-      'classifier'
+      >>> phase.name, phase.trains, [metric.name for metric in phase.metrics]
+      ('classifier', ('model',), ['loss', 'accuracy'])
     """
     return Phase(
         name="classifier",
@@ -74,9 +75,12 @@ def classifier_step(
     ``'++step.loss={_target_: my_pkg.focal_loss, gamma: 2.0}'``.
 
     Example:
-      >>> step = classifier_step(model, keras.optimizers.Adam(1e-3))
-      >>> [phase.name for phase in step.phases]
-      ['classifier']
+      >>> from composeloop.engine import compile_step, fit
+      >>> from composeloop.parts.data import batches
+      >>> program = compile_step(classifier_step(model, keras.optimizers.Adam(1e-2)), steps_per_execution=2)
+      >>> history = fit(program, lambda epoch: batches(x, y, 4, epoch=epoch), epochs=3)
+      >>> len(history), sorted(history[-1])
+      (3, ['epoch', 'seconds', 'train_accuracy', 'train_loss'])
     """
     phase = classifier_phase(optimizer, transform=transform, metrics=metrics, **stages)
     return compose(phase, models={"model": model})

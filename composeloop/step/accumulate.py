@@ -99,8 +99,12 @@ def accumulate(every: int) -> Accumulate:
       A stateful gradient transform; the engine builds it before tracing.
 
     Example:
-      >>> transform = chain(accumulate(4), clip_by_global_norm(1.0))
-      >>> phase = attrs.evolve(phase, transform=transform)
+      >>> transform, weights = accumulate(2), [tf.Variable([0.0, 0.0])]
+      >>> transform.build(weights)  # the engine does this before tracing
+      >>> first = transform(Gradients([tf.constant([1.0, 2.0])]), weights, context)
+      >>> second = transform(Gradients([tf.constant([3.0, 4.0])]), weights, context)
+      >>> bool(first.apply), bool(second.apply), second.values[0].numpy()  # the mean of the two
+      (False, True, array([2., 3.], dtype=float32))
     """
     return Accumulate(every)
 
@@ -109,7 +113,15 @@ def accumulated(phase: Phase, every: int) -> Phase:
     """The phase with `accumulate(every)` put before its own transforms; itself when every is 1.
 
     Example:
-      >>> phase = accumulated(classifier_phase(keras.optimizers.SGD(0.1)), 4)
+      >>> from composeloop.engine import compile_step, fit
+      >>> from composeloop.parts.data import batches
+      >>> from composeloop.parts.recipes import classifier_phase
+      >>> from composeloop.step import compose
+      >>> optimizer = keras.optimizers.SGD(0.1)
+      >>> step = compose(accumulated(classifier_phase(optimizer), 4), models={"model": model})
+      >>> history = fit(compile_step(step), lambda epoch: batches(x, y, 2, epoch=epoch), epochs=1)
+      >>> int(optimizer.iterations)  # four micro-batches of 2 examples: one update
+      1
     """
     if every == 1:
         return phase

@@ -28,8 +28,10 @@ def global_mean(weights: Mapping[str, float] | None = None) -> Aggregate:
       An aggregation stage giving ``sum_k w_k * sum(loss_k) / global_batch_size``.
 
     Example:
-      >>> aggregate = global_mean({"loss": 1.0, "aux": 0.3})
-      >>> aggregate(context, losses).shape  # ()
+      >>> aggregate = global_mean({"aux": 0.5})
+      >>> losses = {"loss": tf.constant([1.0, 3.0]), "aux": tf.constant([2.0, 2.0])}
+      >>> float(aggregate(context, losses))  # (1 + 3 + 0.5 * (2 + 2)) / 8, the global batch size
+      0.75
     """
     weights = dict(weights or {})
 
@@ -56,7 +58,12 @@ def model_losses(*models: str) -> Aggregate:
       An aggregation stage giving ``sum(model.losses) / num_replicas``.
 
     Example:
-      >>> aggregate = total(global_mean(), model_losses("model"))
+      >>> from composeloop.testing import context_for
+      >>> l2 = keras.regularizers.L2(0.01)
+      >>> regularised = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, kernel_regularizer=l2)])
+      >>> penalty = model_losses("model")(context_for(batch, {"model": regularised}), {})
+      >>> bool(np.isclose(penalty, 0.01 * np.sum(regularised.layers[0].kernel.numpy() ** 2)))
+      True
     """
 
     def aggregate(context: Context, losses: Tensors) -> tf.Tensor:
@@ -79,7 +86,9 @@ def total(*terms: Aggregate) -> Aggregate:
       An aggregation stage giving the sum of the terms.
 
     Example:
-      >>> aggregate = total(global_mean(), model_losses(), weighted(0.1, penalty))
+      >>> aggregate = total(global_mean(), weighted(0.1, model_losses()))
+      >>> float(aggregate(context, {"loss": tf.ones([8])}))  # 8 / 8, and the model has no losses
+      1.0
     """
 
     def aggregate(context: Context, losses: Tensors) -> tf.Tensor:
@@ -92,7 +101,8 @@ def weighted(weight: float, term: Aggregate) -> Aggregate:
     """One aggregation stage scaled by a constant weight.
 
     Example:
-      >>> aggregate = total(global_mean(), weighted(0.5, model_losses()))
+      >>> float(weighted(0.5, global_mean())(context, {"loss": tf.ones([8])}))
+      0.5
     """
 
     def aggregate(context: Context, losses: Tensors) -> tf.Tensor:

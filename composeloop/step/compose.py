@@ -173,8 +173,17 @@ def compose(*phases: Phase, models: Mapping[str, Any]) -> Step:
       ComposeError: naming the phase and slot that does not fit.
 
     Example:
-      >>> step = compose(classifier_phase(model, keras.optimizers.Adam()), models={"model": model})
+      >>> from composeloop.engine import compile_step
+      >>> from composeloop.parts.recipes import classifier_phase
+      >>> step = compose(classifier_phase(keras.optimizers.Adam()), models={"model": model})
       >>> program = compile_step(step)
+      >>> program.train(iter(tf.data.Dataset.from_tensors(batch)))  # steps run
+      1
+      >>> sorted(program.results())
+      ['accuracy', 'loss']
+      >>> compose(classifier_phase(keras.optimizers.Adam(), model="net"), models={"model": model})
+      Traceback (most recent call last):
+      composeloop.errors.ComposeError: phase 'classifier' trains unknown model 'net'; models are: model
     """
     if not phases:
         raise ComposeError("compose: give at least one Phase")

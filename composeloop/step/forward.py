@@ -27,6 +27,7 @@ def call_model(model: str = "model", inputs: str = "x", output: str = "logits") 
     Example:
       >>> forward = call_model("model", inputs="x", output="logits")
       >>> forward(context)["logits"].shape  # (batch, classes)
+      TensorShape([8, 3])
     """
 
     def forward(context: Context) -> Tensors:

@@ -30,6 +30,7 @@ from composeloop.step.records import Context, Tensors
 from composeloop.vocabulary import GanLoss
 
 GAN_LOSSES = tuple(loss.value for loss in GanLoss)
+"""The GAN loss kinds `discriminator_loss` and `generator_loss` take, by name."""
 LABELLED_LOSSES = ("non_saturating", "minimax", "least_squares")  # the ones label noise applies to
 LABEL_NOISE_STREAM = 1
 INTERPOLATION_STREAM = 2
@@ -49,7 +50,9 @@ def latent_noise(context: Context, batch_size: tf.Tensor | int, latent_dim: int)
     """Latent vectors ``N(0, 1)`` of shape ``(batch_size, latent_dim)`` from ``context.seed``.
 
     Example:
-      >>> z = latent_noise(context, tf.shape(context.batch["x"])[0], 64)
+      >>> z = latent_noise(context, 4, 16)
+      >>> z.shape, bool(tf.reduce_all(z == latent_noise(context, 4, 16)))  # the same seed, the same noise
+      (TensorShape([4, 16]), True)
     """
     return tf.random.stateless_normal(tf.stack([batch_size, latent_dim]), seed=context.seed)
 
@@ -69,7 +72,8 @@ def discriminate(
 
     Args:
       latent_dim: size of a latent vector (> 0).
-      generator, discriminator: model names in the step.
+      generator: the generator's model name in the step.
+      discriminator: the discriminator's model name in the step.
       inputs: batch feature holding real images.
 
     Returns:
@@ -77,8 +81,12 @@ def discriminate(
       (logits of shape ``(batch,)``).
 
     Example:
-      >>> forward = discriminate(64)
-      >>> forward(context)["fake_logits"].shape  # (batch,)
+      >>> from composeloop.parts.gan import discriminator, generator
+      >>> from composeloop.testing import context_for
+      >>> players = {"generator": generator(16, image_size=8), "discriminator": discriminator(image_size=8)}
+      >>> outputs = discriminate(16)(context_for({"x": np.zeros((4, 8, 8), np.float32)}, players))
+      >>> {name: tuple(value.shape) for name, value in outputs.items()}
+      {'z': (4, 16), 'real': (4, 8, 8), 'fake': (4, 8, 8), 'real_logits': (4,), 'fake_logits': (4,)}
     """
     _check_latent_dim(latent_dim)
 
@@ -107,7 +115,12 @@ def generate(
       A forward stage giving ``z``, ``fake`` and ``fake_logits`` (shape ``(batch,)``).
 
     Example:
-      >>> forward = generate(64)
+      >>> from composeloop.parts.gan import discriminator, generator
+      >>> from composeloop.testing import context_for
+      >>> players = {"generator": generator(16, image_size=8), "discriminator": discriminator(image_size=8)}
+      >>> outputs = generate(16)(context_for({"x": np.zeros((4, 8, 8), np.float32)}, players))
+      >>> {name: tuple(value.shape) for name, value in outputs.items()}
+      {'z': (4, 16), 'fake': (4, 8, 8), 'fake_logits': (4,)}
     """
     _check_latent_dim(latent_dim)
 
@@ -148,12 +161,15 @@ def discriminator_loss(
       label_noise: in [0, 1): real targets drawn uniformly from [1 - label_noise, 1] and
         fake targets from [0, label_noise], per example (the noisy-label trick). Only for
         the label-based kinds (`LABELLED_LOSSES`).
-      real, fake: outputs holding the scores of real and fake examples.
+      real: the output holding the scores of real examples.
+      fake: the output holding the scores of fake examples.
       name: name of the loss term.
 
     Example:
-      >>> loss = discriminator_loss("non_saturating", label_noise=0.1)
-      >>> loss(context, outputs)["d_loss"].shape  # (batch,)
+      >>> loss = discriminator_loss("hinge")
+      >>> outputs = {"real_logits": tf.constant([2.0, 0.5]), "fake_logits": tf.constant([-2.0, 0.0])}
+      >>> loss(context, outputs)["d_loss"].numpy()  # relu(1 - r) + relu(1 + f)
+      array([0. , 1.5], dtype=float32)
     """
     _check_kind(kind)
     if not 0 <= label_noise < 1:
@@ -186,7 +202,9 @@ def generator_loss(kind: str = "non_saturating", *, fake: str = "fake_logits", n
     ``(f - 1)^2 / 2``; ``hinge`` and ``wasserstein``: ``-f``.
 
     Example:
-      >>> loss = generator_loss("non_saturating")
+      >>> loss = generator_loss("wasserstein")
+      >>> loss(context, {"fake_logits": tf.constant([0.5, -1.0])})["g_loss"].numpy()
+      array([-0.5,  1. ], dtype=float32)
     """
     _check_kind(kind)
 
@@ -221,7 +239,12 @@ def gradient_penalty(
     Weight it in the aggregation stage, e.g. ``global_mean({"gp": 10.0})``.
 
     Example:
-      >>> loss = combine(discriminator_loss("wasserstein"), gradient_penalty())
+      >>> from composeloop.parts.gan import discriminator
+      >>> from composeloop.testing import context_for
+      >>> images = {"real": tf.ones([4, 8, 8]), "fake": -tf.ones([4, 8, 8])}
+      >>> penalty = gradient_penalty()(context_for(batch, {"discriminator": discriminator(image_size=8)}), images)
+      >>> penalty["gp"].shape  # per example; weight it in the aggregate: global_mean({"gp": 10.0})
+      TensorShape([4])
     """
     if not epsilon > 0:
         raise ComposeError(f"gradient_penalty needs epsilon > 0, got {epsilon!r}")
@@ -246,8 +269,10 @@ def combine(*losses: Loss) -> Loss:
     """Several loss stages as one; their named terms must not clash.
 
     Example:
-      >>> loss = combine(discriminator_loss("wasserstein"), gradient_penalty())
-      >>> sorted(loss(context, outputs))  # ['d_loss', 'gp']
+      >>> loss = combine(discriminator_loss("wasserstein"), generator_loss("wasserstein"))
+      >>> outputs = {"real_logits": tf.constant([1.0]), "fake_logits": tf.constant([3.0])}
+      >>> {name: value.numpy() for name, value in loss(context, outputs).items()}
+      {'d_loss': array([2.], dtype=float32), 'g_loss': array([-3.], dtype=float32)}
     """
 
     def loss(context: Context, outputs: Tensors) -> Tensors:

@@ -35,7 +35,9 @@ def chain(*transforms: Transform) -> Transform:
 
     Example:
       >>> transform = chain(skip_nonfinite(), clip_by_global_norm(1.0))
-      >>> transform(grads, variables, context)
+      >>> grads = transform(Gradients([tf.constant([3.0, 4.0])]), model.trainable_variables, context)
+      >>> grads.values[0].numpy(), bool(grads.apply)
+      (array([0.6, 0.8], dtype=float32), True)
     """
 
     def transform(grads: Gradients, variables: Sequence[tf.Variable], context: Context) -> Gradients:
@@ -51,7 +53,8 @@ def map_gradients(fn: Callable[[Sequence[tf.Tensor]], Sequence[tf.Tensor]]) -> T
 
     Example:
       >>> centre = map_gradients(lambda gs: [g - tf.reduce_mean(g) for g in gs])
-      >>> transform = chain(centre, clip_by_global_norm(1.0))
+      >>> centre(Gradients([tf.constant([1.0, 3.0])]), [], context).values[0].numpy()
+      array([-1.,  1.], dtype=float32)
     """
 
     def transform(grads: Gradients, variables: Sequence[tf.Variable], context: Context) -> Gradients:
@@ -64,7 +67,8 @@ def scale(factor: float) -> Transform:
     """Multiplies every gradient by a constant.
 
     Example:
-      >>> transform = scale(0.5)
+      >>> scale(0.5)(Gradients([tf.constant([2.0, -4.0])]), [], context).values[0].numpy()
+      array([ 1., -2.], dtype=float32)
     """
     return map_gradients(lambda values: [g * tf.cast(factor, g.dtype) for g in values])
 
@@ -78,6 +82,8 @@ def clip_by_value(min_value: float, max_value: float) -> Transform:
 
     Example:
       >>> transform = clip_by_value(-1.0, 1.0)
+      >>> transform(Gradients([tf.constant([-3.0, 0.5, float("nan")])]), [], context).values[0].numpy()
+      array([-1. ,  0.5,  0. ], dtype=float32)
     """
     if not min_value <= max_value:
         raise ValueError(f"clip_by_value needs min_value <= max_value, got {min_value} > {max_value}")
@@ -144,6 +150,9 @@ def clip_by_norm(max_norm: float) -> Transform:
 
     Example:
       >>> transform = clip_by_norm(1.0)
+      >>> grads = transform(Gradients([tf.constant([3.0, 4.0]), tf.constant([0.1])]), [], context)
+      >>> [g.numpy() for g in grads.values]
+      [array([0.6, 0.8], dtype=float32), array([0.1], dtype=float32)]
     """
     if not max_norm > 0:
         raise ValueError(f"clip_by_norm needs max_norm > 0, got {max_norm}")
@@ -157,6 +166,9 @@ def clip_by_global_norm(max_norm: float) -> Transform:
 
     Example:
       >>> transform = clip_by_global_norm(1.0)
+      >>> grads = transform(Gradients([tf.constant([3.0]), tf.constant([4.0])]), [], context)
+      >>> [g.numpy() for g in grads.values]
+      [array([0.6], dtype=float32), array([0.8], dtype=float32)]
     """
     if not max_norm > 0:
         raise ValueError(f"clip_by_global_norm needs max_norm > 0, got {max_norm}")
@@ -178,7 +190,9 @@ def skip_nonfinite() -> Transform:
     them.
 
     Example:
-      >>> transform = chain(skip_nonfinite(), clip_by_global_norm(1.0))
+      >>> grads = skip_nonfinite()(Gradients([tf.constant([1.0, float("inf")])]), [], context)
+      >>> grads.values[0].numpy(), bool(grads.apply)
+      (array([1., 0.], dtype=float32), False)
     """
 
     def transform(grads: Gradients, variables: Sequence[tf.Variable], context: Context) -> Gradients:

@@ -70,7 +70,10 @@ def mean_loss(name: str = "loss", of: str | None = None) -> Metric:
       of: the loss term to average; None: the sum of all per-example loss terms.
 
     Example:
-      >>> metrics = (mean_loss("loss"), accuracy("accuracy"))
+      >>> metric = mean_loss("loss")
+      >>> state = metric.update(metric.empty(), context, {}, {"loss": tf.constant([1.0, 2.0, 6.0])})
+      >>> {field: float(value) for field, value in state.items()}, float(metric.result(state))
+      ({'total': 9.0, 'count': 3.0}, 3.0)
     """
 
     def update(state: State, context: Context, outputs: Tensors, losses: Tensors) -> State:
@@ -99,6 +102,9 @@ def accuracy(name: str = "accuracy", labels: str = "y", logits: str = "logits") 
 
     Example:
       >>> metric = accuracy(labels="y", logits="logits")
+      >>> logits = tf.one_hot([0, 1, 2, 0, 1, 2, 2, 2], 3)  # right for the first six of `y`
+      >>> float(metric.result(metric.update(metric.empty(), context, {"logits": logits}, {})))
+      0.75
     """
 
     def update(state: State, context: Context, outputs: Tensors, losses: Tensors) -> State:

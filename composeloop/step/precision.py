@@ -72,8 +72,14 @@ def dynamic_loss_scale(initial: float = 2.0**15, growth_interval: int = 2000) ->
     """A loss scale that halves on overflow and doubles after `growth_interval` good steps.
 
     Example:
-      >>> loss_scale = dynamic_loss_scale()
-      >>> phase = loss_scaled(phase, loss_scale)
+      >>> loss_scale = dynamic_loss_scale(initial=1024.0, growth_interval=2)
+      >>> loss_scale.build()  # the engine does this before tracing
+      >>> for finite in (True, True, False):  # two good steps double it, an overflow halves it
+      ...     loss_scale.update(tf.constant(finite))
+      ...     print(float(loss_scale.scale.numpy()))
+      1024.0
+      2048.0
+      1024.0
     """
     return DynamicLossScale(initial, growth_interval)
 
@@ -82,7 +88,11 @@ def scale_loss(aggregate: Aggregate, loss_scale: DynamicLossScale) -> Aggregate:
     """The aggregation stage multiplied by the current loss scale.
 
     Example:
-      >>> aggregate = scale_loss(mean_and_model_losses(), loss_scale)
+      >>> from composeloop.step import global_mean
+      >>> loss_scale = dynamic_loss_scale(initial=1024.0)
+      >>> loss_scale.build()
+      >>> float(scale_loss(global_mean(), loss_scale)(context, {"loss": tf.ones([8])}))
+      1024.0
     """
 
     def scaled(context: Context, losses: Tensors) -> tf.Tensor:
@@ -97,7 +107,15 @@ def unscale_gradients(loss_scale: DynamicLossScale) -> Transform:
     """Divides gradients by the loss scale; withholds the update and lowers the scale on overflow.
 
     Example:
-      >>> transform = chain(unscale_gradients(loss_scale), clip_by_global_norm(1.0))
+      >>> loss_scale = dynamic_loss_scale(initial=1024.0)
+      >>> loss_scale.build()
+      >>> transform = unscale_gradients(loss_scale)
+      >>> grads = transform(Gradients([tf.constant([2048.0])]), [], context)
+      >>> grads.values[0].numpy(), bool(grads.apply)
+      (array([2.], dtype=float32), True)
+      >>> grads = transform(Gradients([tf.constant([float("inf")])]), [], context)  # an overflow
+      >>> bool(grads.apply), float(loss_scale.scale.numpy())
+      (False, 512.0)
     """
 
     def transform(grads: Gradients, variables: Sequence[tf.Variable], context: Context) -> Gradients:
@@ -124,7 +142,11 @@ def loss_scaled(phase: Phase, loss_scale: DynamicLossScale | None = None) -> Pha
       transform chain.
 
     Example:
-      >>> phases = [loss_scaled(p) for p in step.phases]
+      >>> from composeloop.parts.recipes import classifier_phase
+      >>> plain = classifier_phase(keras.optimizers.SGD(0.1))
+      >>> scaled = loss_scaled(plain)
+      >>> scaled.aggregate is plain.aggregate, scaled.trains == plain.trains
+      (False, True)
     """
     loss_scale = loss_scale or dynamic_loss_scale()
     return attrs.evolve(

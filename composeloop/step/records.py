@@ -65,6 +65,7 @@ class Replication:
 
 
 LOCAL = Replication()
+"""A single local replica: sums are identities and an apply stage runs in place."""
 
 
 @attrs.frozen

@@ -28,7 +28,18 @@ def builds(combined: Stage, *parts: Any) -> Stage:
     """Gives a combinator's closure a `build` that builds each of its parts.
 
     Example:
-      >>> transform = builds(run_all, *transforms)
+      >>> built = []
+      >>> class Remembering:  # a stage with state: the engine calls build(variables) before tracing
+      ...     def build(self, variables):
+      ...         built.append(len(variables))
+      ...     def __call__(self, grads, variables, context):
+      ...         return grads
+      >>> first, second = Remembering(), Remembering()
+      >>> def both(grads, variables, context):
+      ...     return second(first(grads, variables, context), variables, context)
+      >>> _ = builds(both, first, second).build([tf.Variable(0.0)])
+      >>> built
+      [1, 1]
     """
     if any(callable(getattr(part, "build", None)) for part in parts):
         combined.build = lambda variables: [build_stage(part, variables) for part in parts]  # type: ignore[attr-defined]

@@ -13,14 +13,14 @@ the invariant, the variable or field, and the size of the violation:
 
 Compiled programs are cached per step builder (or step) for the process, so a property
 traces once however many examples it draws (`cached_programs()` lists them, to assert it).
-This module needs Hypothesis (the ``test`` extra); ``import composeloop`` does not import it.
+This module needs Hypothesis (the ``testing`` extra); ``import composeloop`` does not import it.
 """
 
 try:
     import hypothesis  # noqa: F401
 except ImportError as missing:  # pragma: no cover - exercised in a subprocess
     raise ImportError(
-        "composeloop.testing needs Hypothesis, which is not installed: pip install 'composeloop[test]' "
+        "composeloop.testing needs Hypothesis, which is not installed: pip install 'composeloop[testing]' "
         "(or pip install hypothesis)"
     ) from missing
 

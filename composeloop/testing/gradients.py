@@ -1,4 +1,4 @@
-"""Checkers for the gradient invariants (DESIGN.md 1, 2 and 5) on a user's own stages.
+"""Checkers for the gradient invariants (1, 2 and 5 of docs/testing.md) on a user's own stages.
 
 Each checker calls a transform or aggregation stage eagerly on the values it is given and
 raises `InvariantViolation` naming the tensor, the element and the size of the violation.
@@ -66,7 +66,12 @@ def check_global_norm_clip(
       InvariantViolation: naming the gradient and element that breaks the invariant.
 
     Example:
-      >>> check_global_norm_clip(clip_by_global_norm(1.0), [np.array([3.0, 4.0])], 1.0)
+      >>> from composeloop.step import clip_by_global_norm, clip_by_norm
+      >>> check_global_norm_clip(clip_by_global_norm(1.0), [np.array([3.0, 4.0]), np.array([12.0])], 1.0)
+      >>> check_global_norm_clip(clip_by_norm(1.0), [np.array([3.0, 4.0]), np.array([12.0])], 1.0)
+      Traceback (most recent call last):
+      composeloop.testing.violations.InvariantViolation: global-norm clip (1) violated: the clipped gradients
+      have global norm 1.41421, above max_norm 1 (by a factor 1.41421; allowed 1 + 1e-05) ...
     """
     arrays = [np.asarray(g, np.float32) for g in grads]
     clipped, _ = _transform(transform, arrays, context)
@@ -137,16 +142,21 @@ def check_aggregate_linearity(
       losses_fn: computes the named per-example losses from `variables` (called under a tape).
       variables: the variables to differentiate with respect to.
       context: the context every stage gets (`context_for` makes one; its replica count matters).
-      rtol, atol: float32 sums of the same terms in another order round differently: 1e-5
-        relative, plus (default) 1e-6 times the largest weighted term gradient, for terms
+      rtol: float32 sums of the same terms in another order round differently: 1e-5 relative.
+      atol: absolute slack; default 1e-6 times the largest weighted term gradient, for terms
         that nearly cancel.
 
     Raises:
       InvariantViolation: naming the variable whose gradient differs, and by how much.
 
     Example:
-      >>> check_aggregate_linearity(total(global_mean(), weighted(0.5, model_losses())),
-      ...     [(1.0, global_mean()), (0.5, model_losses())], losses_fn, model.trainable_variables, context)
+      >>> from composeloop.step import global_mean, model_losses, total, weighted
+      >>> def losses_fn():  # the named per-example losses, computed inside the tape
+      ...     return {"loss": tf.reduce_sum(tf.square(model(x)), axis=1)}
+      >>> check_aggregate_linearity(
+      ...     total(global_mean(), weighted(0.5, model_losses())),
+      ...     [(1.0, global_mean()), (0.5, model_losses())],
+      ...     losses_fn, model.trainable_variables, context)
     """
     value, grads = _gradient(aggregate, context, losses_fn, variables)
     expected_value, expected = 0.0, [np.zeros_like(g) for g in grads]
@@ -222,8 +232,15 @@ def check_skip_nonfinite(
       InvariantViolation: the update went through, naming the gradient or variable.
 
     Example:
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> from composeloop.step import chain, clip_by_global_norm, skip_nonfinite
       >>> check_skip_nonfinite(chain(skip_nonfinite(), clip_by_global_norm(1.0)), [np.array([np.nan, 1.0])])
-      >>> check_skip_nonfinite(step, {"x": x_with_a_nan, "y": y})
+      >>> check_skip_nonfinite(clip_by_global_norm(1.0), [np.array([np.nan, 1.0])])  # zeroes NaN, still applies
+      Traceback (most recent call last):
+      composeloop.testing.violations.InvariantViolation: skip non-finite (5) violated: gradient 0 holds nan at
+      index (0,), but the transform still applies the update (Gradients.apply is True); ...
+      >>> step = classifier_step(model, keras.optimizers.SGD(0.1), transform=skip_nonfinite())
+      >>> check_skip_nonfinite(step, {"x": np.where(np.eye(8, 4) == 1, np.nan, x), "y": y})  # a NaN feature
     """
     if isinstance(subject, Step):
         _check_step_skips(subject, data)

@@ -31,8 +31,9 @@ def configure_cpu_replicas(count: int = 2) -> None:
     of ``conftest.py``); calling it again, or after enough devices exist, does nothing.
 
     Example:
-      >>> configure_cpu_replicas(2)
-      >>> strategy = mirrored_strategy(2)
+      >>> configure_cpu_replicas(2)  # at the top of conftest.py, before TensorFlow uses a device
+      >>> len(tf.config.list_logical_devices("CPU")) >= 2
+      True
     """
     cpu = tf.config.list_physical_devices("CPU")[0]
     if len(tf.config.get_logical_device_configuration(cpu) or []) >= count:
@@ -55,8 +56,11 @@ def mirrored_strategy(replicas: int = 2) -> tf.distribute.MirroredStrategy:
     other's all-reduces, so every test and checker shares this cached one.
 
     Example:
-      >>> with mirrored_strategy(2).scope():
-      ...     model = build_model()
+      >>> strategy = mirrored_strategy(2)
+      >>> strategy.num_replicas_in_sync, strategy is mirrored_strategy(2)
+      (2, True)
+      >>> with strategy.scope():  # models and optimizers for 2 replicas are made in its scope
+      ...     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     """
     if replicas not in _STRATEGIES:
         configure_cpu_replicas(replicas)
@@ -76,8 +80,12 @@ def context_for(
       global_batch_size: examples over all replicas; default: this batch's size.
 
     Example:
-      >>> context = context_for({"x": x, "y": y}, {"model": model})
-      >>> global_mean()(context, {"loss": per_example})
+      >>> from composeloop.step import global_mean
+      >>> context = context_for({"x": x, "y": y}, {"model": model}, replicas=2, global_batch_size=16)
+      >>> context.replication.num_replicas, float(context.global_batch_size)
+      (2, 16.0)
+      >>> float(global_mean()(context, {"loss": tf.ones([8])}))  # this replica's 8 of the 16 examples
+      0.5
     """
     tensors = {name: tf.convert_to_tensor(value) for name, value in batch.items()}
     size = global_batch_size if global_batch_size is not None else batch_size(batch)
@@ -147,9 +155,13 @@ class StepRunner:
     """A step compiled once, run one step at a time from the same starting variables.
 
     Example:
-      >>> runner = StepRunner(step)
-      >>> after = runner.run([batch])          # one replica, one step
-      >>> after["weights"][0] - runner.initial[0]
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> runner = StepRunner(classifier_step(model, keras.optimizers.SGD(0.1)))
+      >>> after = runner.run([batch])  # one replica, one step, from the snapshot
+      >>> sorted(after), bool(np.any(after["weights"][0] != runner.initial[0]))
+      (['states', 'weights', 'withheld'], True)
+      >>> np.array_equal(runner.run([batch])["weights"][0], after["weights"][0])  # from the same start again
+      True
     """
 
     def __init__(
@@ -247,7 +259,11 @@ def cached_programs() -> list[Program]:
     """Every program the checkers compiled in this process (to assert that none retraced).
 
     Example:
-      >>> assert all(p.trace_counts == {"train": 1} for p in cached_programs())
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> from composeloop.testing import check_reset_gives_empty
+      >>> check_reset_gives_empty(classifier_step(model, keras.optimizers.SGD(0.1)), batch)
+      >>> all(program.trace_counts.get("train", 0) <= 1 for program in cached_programs())  # none retraced
+      True
     """
     programs = []
     for _, made in _RUNNERS.values():

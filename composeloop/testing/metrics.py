@@ -1,4 +1,4 @@
-"""Checkers for the metric invariants (DESIGN.md 7 and 8) on a user's own `Metric`.
+"""Checkers for the metric invariants (7 and 8 of docs/testing.md) on a user's own `Metric`.
 
 A metric is updated exactly as the engine updates it: `metric.update` from the empty state
 on each piece of the data, the pieces' states combined with `merge` (what the engine does
@@ -67,15 +67,25 @@ def check_batch_split_invariance(
       batch: the examples by feature name (e.g. ``{"y": labels}``); outputs and losses hold
         one row per example too, and are cut with the batch.
       sizes: sizes of the consecutive pieces (adding up to the batch size; zeros allowed).
-      outputs, losses: what the metric's update reads besides the batch.
-      rtol, atol: float64 sums of the same float32 values in another order: 1e-9 relative is
+      outputs: model outputs the metric's update reads besides the batch.
+      losses: per-example losses the metric's update reads besides the batch.
+      rtol: float64 sums of the same float32 values in another order: 1e-9 relative is
         thousands of ulps of slack, still far below any real bug.
+      atol: absolute slack on each state field.
 
     Raises:
       InvariantViolation: naming the state field and the split that breaks it.
 
     Example:
+      >>> from composeloop.step import Metric, accuracy
+      >>> logits = np.eye(3, dtype=np.float32)[[0, 1, 1, 0, 2, 2, 0, 1]]
       >>> check_batch_split_invariance(accuracy(), {"y": y}, [3, 0, 5], outputs={"logits": logits})
+      >>> def averaged(state, context, outputs, losses):  # wrong: a mean of means is no sum
+      ...     return {"mean": (state["mean"] + tf.reduce_mean(tf.cast(context.batch["y"], tf.float64))) / 2}
+      >>> check_batch_split_invariance(Metric("mean_y", ("mean",), averaged, lambda s: s["mean"]), {"y": y}, [3, 5])
+      Traceback (most recent call last):
+      composeloop.testing.violations.InvariantViolation: batch-split invariance (7) violated: metric 'mean_y':
+      pieces of sizes [3, 5] merged in order vs the whole batch: state field 'mean' differs by 0.4625 ...
     """
     data = {"batch": batch, "outputs": outputs or {}, "losses": losses or {}}
     whole = _update(metric, batch, data["outputs"], data["losses"])
@@ -118,7 +128,8 @@ def check_metric_range(
     value, and the result on `batch` is finite and within ``[low, high]``.
 
     Example:
-      >>> check_metric_range(accuracy(), {"y": y}, 0.0, 1.0, outputs={"logits": logits})
+      >>> from composeloop.step import accuracy
+      >>> check_metric_range(accuracy(), {"y": y}, 0.0, 1.0, outputs={"logits": np.ones((8, 3), np.float32)})
     """
     invariant = "reset and range (8)"
     empty = metric.empty()
@@ -145,7 +156,8 @@ def check_reset_gives_empty(step: Step, batch: Batch) -> None:
     brings every metric state back to its metric's empty state.
 
     Example:
-      >>> check_reset_gives_empty(classifier_step(model, SGD(0.1)), {"x": x, "y": y})
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> check_reset_gives_empty(classifier_step(model, keras.optimizers.SGD(0.1)), {"x": x, "y": y})
     """
     runner = runner_for(step)
     runner.restore()

@@ -27,7 +27,9 @@ def load_profile(default: str | None = None) -> str:
     (else `default`, else ``ci`` when ``$CI`` is set and ``dev`` otherwise); returns its name.
 
     Example:
-      >>> load_profile()  # in conftest.py
+      >>> name = load_profile()  # in conftest.py; COMPOSELOOP_HYPOTHESIS=ci|dev|thorough picks one
+      >>> name in ("ci", "dev", "thorough"), settings.default.deadline
+      (True, None)
     """
     register_profiles()
     name = os.environ.get(ENVIRONMENT_VARIABLE) or default or ("ci" if os.environ.get("CI") else "dev")

@@ -57,14 +57,21 @@ def check_exact_resume(
       epochs: how long the runs train.
       stop_at: the global step to stop after (>= 1, before the end).
       directory: where the checkpoint goes (default: a temporary directory).
-      rtol, atol: tolerances; 0 asks for bitwise equality, which CPU kernels give.
+      rtol: relative tolerance; 0 (with atol 0) asks for bitwise equality, which CPU kernels give.
+      atol: absolute tolerance.
 
     Raises:
       InvariantViolation: naming the first variable (by checkpoint key) that differs.
 
     Example:
-      >>> check_exact_resume(lambda: compile_step(my_step(), seed=0), lambda e: batches(x, y, 8, 0, e),
-      ...                    epochs=2, stop_at=3)
+      >>> from composeloop.engine import compile_step
+      >>> from composeloop.parts.data import batches
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> def build_program():  # fresh models and optimizers each time, as a new process makes them
+      ...     keras.utils.set_random_seed(0)
+      ...     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+      ...     return compile_step(classifier_step(net, keras.optimizers.Adam(1e-2)), seed=0)
+      >>> check_exact_resume(build_program, lambda epoch: batches(x, y, 2, epoch=epoch), epochs=2, stop_at=3)
     """
     straight = build_program()
     run_loop(straight, train_data, epochs=epochs)

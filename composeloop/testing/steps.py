@@ -1,4 +1,4 @@
-"""Checkers for the invariants of a whole compiled step (DESIGN.md 3, 4, 6 and 9).
+"""Checkers for the invariants of a whole compiled step (3, 4, 6 and 9 of docs/testing.md).
 
 `check_replica_invariance` and `check_ema_replica_invariance` compile the user's step twice
 (one replica, and N replicas under the process's `MirroredStrategy`), `check_accumulation`
@@ -92,9 +92,10 @@ def check_replica_invariance(
       split: examples per replica (adding up to the batch size; zeros allowed); default even.
       replicas: N; the CPU must have been split into N logical devices before TensorFlow
         started (see `configure_cpu_replicas`).
-      rtol, atol: on the update of each variable (after - before). Replicas sum float32
-        gradients in another order (about 1e-7 relative each); atol covers one float32 ulp of
-        a weight of size ~1, since the update is read back as a difference of weights.
+      rtol: on the update of each variable (after - before). Replicas sum float32
+        gradients in another order (about 1e-7 relative each).
+      atol: covers one float32 ulp of a weight of size ~1, since the update is read back as a
+        difference of weights.
       metric_rtol: on metric states (float64 sums of float32 per-example values).
       at_step: the global step the step runs as (its random seeds derive from it).
 
@@ -106,7 +107,11 @@ def check_replica_invariance(
       InvariantViolation: naming the variable or metric field that differs, and by how much.
 
     Example:
-      >>> check_replica_invariance(lambda: classifier_step(tiny_model(), SGD(0.1)), batch, split=[3, 5])
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> def build_step():  # called once per replica count, inside that strategy's scope
+      ...     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+      ...     return classifier_step(net, keras.optimizers.SGD(0.1))
+      >>> check_replica_invariance(build_step, batch, split=[3, 5])
     """
     pair = cached_runner(("replicas", build_step, replicas), build_step, lambda: _ReplicaPair(build_step, replicas))
     size = batch_size(batch)
@@ -164,7 +169,12 @@ def check_phase_isolation(
         that moved, and by how much.
 
     Example:
-      >>> check_phase_isolation(gan_step(g, d, adam(), adam(), latent_dim=4), {"x": x}, "generator")
+      >>> from keras.optimizers import Adam
+      >>> from composeloop.parts.gan import gan_step
+      >>> generator = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)])  # latent 2 -> 4 features
+      >>> discriminator = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+      >>> step = gan_step(generator, discriminator, Adam(1e-3), Adam(1e-3), latent_dim=2)
+      >>> check_phase_isolation(step, {"x": x}, "generator")
     """
     index, under_test = _phase(step, phase)
     owns = tuple(owns if owns is not None else under_test.trains)
@@ -213,8 +223,9 @@ def check_ema_replica_invariance(
       batches: the global batch of each step, in order.
       splits: examples per replica for each batch; default even.
       replicas: N.
-      rtol, atol: on each variable's change over the steps (float32 all-reduces sum in
-        another order: about 1e-7 relative per step).
+      rtol: on each variable's change over the steps (float32 all-reduces sum in another
+        order: about 1e-7 relative per step).
+      atol: absolute slack on each variable's change.
 
     Raises:
       ValueError: the step holds no EMA stage.
@@ -222,7 +233,15 @@ def check_ema_replica_invariance(
         that differs, and by how much.
 
     Example:
-      >>> check_ema_replica_invariance(lambda: my_step_with_ema(), [batch_a, batch_b], [[3, 5], [8, 0]])
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> from composeloop.step import ema
+      >>> def sgd(gradients, variables):  # an apply stage of one's own: w -= 0.1 g
+      ...     for g, v in zip(gradients, variables):
+      ...         v.assign(v - 0.1 * g)
+      >>> def build_step():  # an EMA of the weights around the apply stage
+      ...     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+      ...     return classifier_step(net, None, apply=ema(sgd, 0.9))
+      >>> check_ema_replica_invariance(build_step, [batch, batch], [[3, 5], [8, 0]])
     """
     pair = cached_runner(("replicas", build_step, replicas), build_step, lambda: _ReplicaPair(build_step, replicas))
     if not ema_stages(pair.one.step):
@@ -284,14 +303,19 @@ def check_accumulation(
       build_step: builds the step WITHOUT accumulation; called twice, then cached for the
         process (pass the same function for every example).
       micro_batches: k >= 2 batches, of any sizes (at least one example each).
-      rtol, atol: on each variable's update (float32 sums in another order).
+      rtol: on each variable's update (float32 sums in another order).
+      atol: absolute slack on each variable's update.
       metric_rtol: on metric states.
 
     Raises:
       InvariantViolation: naming the variable or metric field that differs, and by how much.
 
     Example:
-      >>> check_accumulation(lambda: classifier_step(tiny_model(), SGD(0.1)), [batch_of_3, batch_of_5])
+      >>> from composeloop.parts.recipes import classifier_step
+      >>> def build_plain():  # WITHOUT accumulation: the checker adds it
+      ...     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+      ...     return classifier_step(net, keras.optimizers.SGD(0.1))
+      >>> check_accumulation(build_plain, [{"x": x[:3], "y": y[:3]}, {"x": x[3:], "y": y[3:]}])
     """
     every = len(micro_batches)
     if every < 2:

@@ -24,7 +24,12 @@ def float32s(*, huge: bool = True, nonfinite: bool = False) -> st.SearchStrategy
     """float32 values: ordinary, huge, tiny, subnormal and zero; NaN/Inf if `nonfinite`.
 
     Example:
-      >>> values = st.lists(float32s(), min_size=1)
+      >>> from hypothesis import given, settings
+      >>> @settings(max_examples=20, database=None)
+      ... @given(float32s(nonfinite=True))
+      ... def test_values(value):
+      ...     assert np.float32(value) == value or np.isnan(value)
+      >>> test_values()
     """
     bound = HUGE if huge else 1e3
     choices = [st.floats(-bound, bound, width=32), st.sampled_from([e for e in EDGES if abs(e) <= bound])]
@@ -46,14 +51,21 @@ def gradient_lists(
     """Lists of float32 gradient arrays of rank 0 to 2 (one per variable).
 
     Args:
-      min_tensors, max_tensors: how many arrays.
+      min_tensors: the fewest arrays.
+      max_tensors: the most arrays.
       max_side: the largest size of any dimension.
       huge: include values up to 3e38 (else up to 1e3).
       nonfinite: plant at least one NaN or Inf somewhere.
 
     Example:
-      >>> @given(gradient_lists(nonfinite=True))
-      ... def test_my_clip(grads): check_global_norm_clip(my_clip, grads, 1.0)
+      >>> from hypothesis import given, settings
+      >>> from composeloop.step import clip_by_global_norm
+      >>> from composeloop.testing import check_global_norm_clip
+      >>> @settings(max_examples=10, database=None)
+      ... @given(gradient_lists(nonfinite=True))
+      ... def test_my_clip(grads):
+      ...     check_global_norm_clip(clip_by_global_norm(1.0), grads, 1.0)
+      >>> test_my_clip()  # raises on the first drawn list that breaks the invariant
     """
     count = draw(st.integers(min_tensors, max_tensors))
     shapes = [draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=1, max_side=max_side)) for _ in range(count)]
@@ -79,8 +91,12 @@ def batches(
     """Classification batches ``{"x": float32 (n, features), "y": int32 (n,)}``.
 
     Example:
-      >>> @given(batches(features=4, classes=10))
-      ... def test_step(batch): ...
+      >>> from hypothesis import given, settings
+      >>> @settings(max_examples=5, database=None)
+      ... @given(batches(features=4, classes=10))
+      ... def test_shapes(batch):
+      ...     assert batch["x"].shape == (len(batch["y"]), 4) and 0 <= batch["y"].min() <= batch["y"].max() < 10
+      >>> test_shapes()
     """
     size = draw(st.integers(min_size, max_size))
     x = draw(hnp.arrays(np.float32, (size, features), elements=st.floats(-bound, bound, width=32)))
@@ -100,7 +116,13 @@ def splits(
       allow_empty: whether a piece may hold no example.
 
     Example:
-      >>> sizes = data.draw(splits(len(batch["y"]), parts=2))
+      >>> from hypothesis import given, settings
+      >>> @settings(max_examples=20, database=None)
+      ... @given(st.data())
+      ... def test_split(data):
+      ...     sizes = data.draw(splits(8, parts=2))  # e.g. for 2 replicas, one of them maybe empty
+      ...     assert len(sizes) == 2 and sum(sizes) == 8
+      >>> test_split()
     """
     count = parts if parts is not None else draw(st.integers(1, max_parts))
     if count == 1:

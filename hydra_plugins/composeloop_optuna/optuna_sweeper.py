@@ -6,7 +6,7 @@ done in `hydra_plugins.composeloop_optuna._search` (imported, with Optuna, only 
 search runs). What a search means for composeloop (metric, study, pruning) is
 `composeloop.app.search`'s.
 
-Example:
+Example (shell):
   python -m composeloop -m hydra/sweeper=optuna hydra.sweeper.n_trials=12 \\
       'optimizer.learning_rate=tag(log,interval(1e-4,3e-2))' 'gradient.clip_global_norm=choice(0.5,1.0,5.0)'
 """
