@@ -22,11 +22,6 @@ configure_cpu_replicas(2)
 load_profile()
 
 
-def pytest_configure(config) -> None:
-    # Registered here until pyproject.toml's [tool.pytest.ini_options] markers list it.
-    config.addinivalue_line("markers", "slurm: needs the local SLURM cluster of scripts/slurm-cluster.sh")
-
-
 SLURM_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "slurm-cluster.sh"
 
 
