@@ -57,7 +57,7 @@ def test_a_synthetic_set_beyond_its_bound_is_refused_naming_the_key():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (("data=null",), "data: a config group takes an option (digits, npz, synthetic), got null"),
+        (("data=null",), "data: a config group takes an option (digits, images, npz, synthetic, tfrecord), got null"),
         (
             ("experiment=false",),
             "experiment: a config group takes an option (classifier, gan, multi_gpu, wgan_gp), got False",
