@@ -20,8 +20,7 @@ from composeloop.step.apply import apply_variables
 from composeloop.step.compose import Step, fold_seed
 from composeloop.step.phase import build_phase
 from composeloop.step.records import Context
-
-NONFINITE_CHOICES = (None, "count", "halt")
+from composeloop.vocabulary import NanPolicy
 
 
 class RetraceWarning(UserWarning):
@@ -110,10 +109,11 @@ class Program:
     and transform stages such as accumulators and loss scales created) lives in variables,
     so it can be checkpointed.
 
-    With `on_nonfinite` "count", a training step whose objective is not finite is counted
-    in `nonfinite_steps`; with "halt" the compiled loop also returns right after it (so it
-    was step ``global_step - 1``) and the Python loop can act before another step runs;
-    with None (the default) the step pays for no check. With
+    With a `nan_policy`, a training step whose objective is not finite is counted in
+    `nonfinite_steps`; under "raise" and "stop" the compiled loop also returns right after
+    it (so it was step ``global_step - 1``) and the Python loop can act before another step
+    runs, while under "skip" it carries on; with None (the default) the step pays for no
+    check. With
     `record_logs`, the last step's objective and gradient norm per phase are kept in
     `last_logs` (for TensorBoard); without, they are pruned from the graph.
     """
@@ -125,20 +125,24 @@ class Program:
         steps_per_execution: int = 1,
         jit_compile: bool = False,
         seed: int = 0,
-        on_nonfinite: str | None = None,
+        nan_policy: NanPolicy | str | None = None,
         record_logs: bool = False,
     ) -> None:
         if steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
-        if on_nonfinite not in NONFINITE_CHOICES:
-            raise ValueError(f"on_nonfinite must be one of {NONFINITE_CHOICES}, got {on_nonfinite!r}")
+        if isinstance(nan_policy, str):
+            if nan_policy not in NanPolicy.__members__:
+                choices = ", ".join(NanPolicy.__members__)
+                raise ValueError(f"nan_policy must be None or one of {choices}, got {nan_policy!r}")
+            nan_policy = NanPolicy[nan_policy]
+        elif nan_policy is not None and not isinstance(nan_policy, NanPolicy):
+            raise TypeError(f"nan_policy must be a NanPolicy, its name or None, got {type(nan_policy).__name__}")
         self.step = step
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_execution = steps_per_execution
         self.jit_compile = jit_compile
         self.seed = seed
-        self.on_nonfinite = on_nonfinite
-        self.halt_on_nonfinite = on_nonfinite == "halt"
+        self.nan_policy = nan_policy
         self.record_logs = record_logs
         self.replication = replication_for(self.strategy)
         self.traces = TraceCounter()
@@ -189,7 +193,7 @@ class Program:
         if withheld:
             self.withheld_updates.assign_add(tf.add_n(withheld))
         objectives = [v for k, v in logs.items() if k.endswith("/objective")]
-        if objectives and self.on_nonfinite is not None:
+        if objectives and self.nan_policy is not None:
             finite = tf.math.is_finite(tf.add_n([tf.cast(v, tf.float32) for v in objectives]))
             self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
         if self.record_logs:
@@ -206,10 +210,10 @@ class Program:
     # -- compiled loops ------------------------------------------------------------------
 
     def _loop(self, kind: str, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-        """Up to `num_steps` steps while the iterator has batches (and, with "halt", while
-        steps stay finite); returns the steps run. Written as a plain `tf.while_loop`: the
-        functions are traced without AutoGraph (see `_compiled`)."""
-        halt = kind == "train" and self.halt_on_nonfinite
+        """Up to `num_steps` steps while the iterator has batches (and, under the policies
+        "raise" and "stop", while steps stay finite); returns the steps run. Written as a
+        plain `tf.while_loop`: the functions are traced without AutoGraph (see `_compiled`)."""
+        halt = kind == "train" and self.nan_policy not in (None, NanPolicy.skip)
 
         def step(batch: Any) -> tf.Tensor:
             nonfinite_before = self.nonfinite_steps.read_value() if halt else None
@@ -349,7 +353,7 @@ def compile_step(
     steps_per_execution: int = 1,
     jit_compile: bool = False,
     seed: int = 0,
-    on_nonfinite: str | None = None,
+    nan_policy: NanPolicy | str | None = None,
     record_logs: bool = False,
 ) -> Program:
     """Compiles a `Step` into one training and one evaluation `tf.function`.
@@ -361,9 +365,11 @@ def compile_step(
       steps_per_execution: steps run per call, looped inside the graph.
       jit_compile: compile each step with XLA.
       seed: the run seed that every stage's stateless seed derives from.
-      on_nonfinite: None (no check), "count" (count steps whose objective is not finite
-        in `Program.nonfinite_steps`) or "halt" (count, and end the `train` call right
-        after such a step); `composeloop.engine.nan_policy` needs one of the last two.
+      nan_policy: what follows a step whose objective is not finite
+        (`composeloop.vocabulary.NanPolicy` or its name). None (the default): no check, no
+        extra ops. "skip": count such steps in `Program.nonfinite_steps` and carry on in
+        the graph. "raise" or "stop": count, and end the `train` call right after such a
+        step, so that `composeloop.engine.nan_policy`'s handler acts before another runs.
       record_logs: keep the last step's objective and gradient norm per phase in
         `Program.last_logs` (TensorBoard reads them).
 
@@ -374,4 +380,4 @@ def compile_step(
       >>> program = compile_step(step, steps_per_execution=8)
       >>> program.train(iter(dataset))
     """
-    return Program(step, strategy, steps_per_execution, jit_compile, seed, on_nonfinite, record_logs)
+    return Program(step, strategy, steps_per_execution, jit_compile, seed, nan_policy, record_logs)
