@@ -113,9 +113,9 @@ def test_ema_weights_swaps_the_shadows_in_and_the_raw_weights_back_bit_for_bit(t
 
 def test_the_loop_validates_the_ema_weights_when_asked(trained):
     def evaluate():
-        trained.reset("eval")
-        run_epoch(trained, "eval", dataset(X, Y, 8))
-        return trained.results("eval")["loss"]
+        trained.reset("val")
+        run_epoch(trained, "val", dataset(X, Y, 8))
+        return trained.results("val")["loss"]
 
     with cs.ema_weights(trained):
         averaged = evaluate()

@@ -20,7 +20,7 @@ from composeloop.step.apply import apply_variables
 from composeloop.step.compose import Step, fold_seed
 from composeloop.step.phase import build_phase
 from composeloop.step.records import Context
-from composeloop.vocabulary import NanPolicy
+from composeloop.vocabulary import TRAIN, VAL, NanPolicy
 
 
 class RetraceWarning(UserWarning):
@@ -155,11 +155,11 @@ class Program:
                 for phase in step.phases
                 for key in ("objective", "grad_norm")
             }
-            self.metric_states = {"train": _state_variables(step, "train"), "eval": _state_variables(step, "eval")}
+            self.metric_states = {kind: _state_variables(step, kind) for kind in (TRAIN, VAL)}
             # Optimizer slots and other stage state (accumulators, loss scales) cannot be
             # created inside a trace; the latter are kept, by phase, for checkpoints.
             self.stage_variables = {phase.name: build_phase(phase, step.variables(phase)) for phase in step.phases}
-        on_batch = {"train": self._train_on_batch, "eval": self._evaluate_on_batch}
+        on_batch = {TRAIN: self._train_on_batch, VAL: self._evaluate_on_batch}
         if jit_compile:
             on_batch = {kind: _compiled(fn, jit_compile=True) for kind, fn in on_batch.items()}
         self._on_batch = on_batch
@@ -188,7 +188,7 @@ class Program:
 
     def _train_on_batch(self, batch: Mapping[str, tf.Tensor]) -> None:
         contribution, logs = self.step(self._context(batch, training=True), self.step.empty_states())
-        _add(self.metric_states["train"], contribution)
+        _add(self.metric_states[TRAIN], contribution)
         withheld = _withheld(logs)
         if withheld:
             self.withheld_updates.assign_add(tf.add_n(withheld))
@@ -203,7 +203,7 @@ class Program:
 
     def _evaluate_on_batch(self, batch: Mapping[str, tf.Tensor]) -> None:
         _add(
-            self.metric_states["eval"],
+            self.metric_states[VAL],
             self.step.evaluate(self._context(batch, training=False), self.step.empty_states()),
         )
 
@@ -213,12 +213,12 @@ class Program:
         """Up to `num_steps` steps while the iterator has batches (and, under the policies
         "raise" and "stop", while steps stay finite); returns the steps run. Written as a
         plain `tf.while_loop`: the functions are traced without AutoGraph (see `_compiled`)."""
-        halt = kind == "train" and self.nan_policy not in (None, NanPolicy.skip)
+        halt = kind == TRAIN and self.nan_policy not in (None, NanPolicy.skip)
 
         def step(batch: Any) -> tf.Tensor:
             nonfinite_before = self.nonfinite_steps.read_value() if halt else None
             self.strategy.run(self._on_batch[kind], args=(batch,))
-            if kind == "train":
+            if kind == TRAIN:
                 self.global_step.assign_add(1)
             if halt:
                 return tf.logical_not(self.nonfinite_steps.read_value() > nonfinite_before)
@@ -238,12 +238,12 @@ class Program:
         return done
 
     def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-        self.traces.count("train")
-        return self._loop("train", iterator, num_steps)
+        self.traces.count(TRAIN)
+        return self._loop(TRAIN, iterator, num_steps)
 
     def _evaluate_loop(self, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-        self.traces.count("evaluate")
-        return self._loop("eval", iterator, num_steps)
+        self.traces.count(VAL)
+        return self._loop(VAL, iterator, num_steps)
 
     # -- public --------------------------------------------------------------------------
 
@@ -292,20 +292,23 @@ class Program:
             self._counts[count] = tf.constant(count, tf.int64)
         return self._counts[count]
 
-    def results(self, kind: str = "train") -> dict[str, float]:
-        """Current metric values, by metric name (kind: "train" or "eval")."""
-        states = _read(self.metric_states[kind])
+    def _kind(self, kind: str) -> dict[str, dict[str, tf.Variable]]:
+        if kind not in self.metric_states:
+            raise ValueError(f"kind must be {TRAIN!r} or {VAL!r}, got {kind!r}")
+        return self.metric_states[kind]
+
+    def results(self, kind: str = TRAIN) -> dict[str, float]:
+        """Current metric values, by metric name (kind: "train" or "val")."""
+        states = _read(self._kind(kind))
         return {metric.name: float(metric.result(states[metric.name])) for metric in self.step.metrics}
 
-    def states(self, kind: str = "train") -> dict[str, dict[str, float]]:
-        """Current raw metric states (sums), by metric name."""
-        return {
-            name: {f: float(v) for f, v in fields.items()} for name, fields in _read(self.metric_states[kind]).items()
-        }
+    def states(self, kind: str = TRAIN) -> dict[str, dict[str, float]]:
+        """Current raw metric states (sums), by metric name (kind: "train" or "val")."""
+        return {name: {f: float(v) for f, v in fields.items()} for name, fields in _read(self._kind(kind)).items()}
 
-    def reset(self, kind: str = "train") -> None:
-        """Resets one kind's metric states to empty."""
-        for fields in self.metric_states[kind].values():
+    def reset(self, kind: str = TRAIN) -> None:
+        """Resets one kind's metric states ("train" or "val") to empty."""
+        for fields in self._kind(kind).values():
             for variable in fields.values():
                 variable.assign(tf.zeros_like(variable))
 

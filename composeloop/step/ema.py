@@ -112,7 +112,7 @@ def ema(apply: Apply, decay: float = 0.999, *, warmup: bool = True) -> Exponenti
     Example:
       >>> phase = attrs.evolve(phase, apply=ema(phase.apply, 0.999))
       >>> with ema_weights(program):
-      ...     run_epoch(program, "eval", validation)
+      ...     run_epoch(program, "val", validation)
     """
     return ExponentialMovingAverage(apply, decay, warmup)
 
