@@ -162,13 +162,6 @@ def test_misuse_is_explained():
         stage.build([tf.Variable([2.0])])
 
 
-def test_a_keras_optimizer_under_two_replicas_is_refused_until_the_engine_applies_once():
-    with mirrored_strategy(2).scope():
-        step = ema_step()
-        with pytest.raises(ComposeError, match="ema: the wrapped apply stage must run per replica"):
-            compile_step(step, strategy=mirrored_strategy(2))
-
-
 def test_the_swap_sets_every_replica_copy_under_a_strategy():
     strategy = mirrored_strategy(2)
     with strategy.scope():
