@@ -88,8 +88,8 @@ def probe_composed(no_grappler: bool = False) -> dict[str, float]:
     out.update(_first_pass(program, "train", program._train, program.train, train))
     program.results("train")
     validation = iter(batches(data.x_val, data.y_val, BATCH, shuffle=False))
-    out.update(_first_pass(program, "evaluate", program._evaluate, program.evaluate, validation))
-    program.results("eval")
+    out.update(_first_pass(program, "val", program._evaluate, program.evaluate, validation))
+    program.results("val")
     out["first_epoch_s"] = time.perf_counter() - started
     history = fit(
         program,

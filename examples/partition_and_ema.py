@@ -92,9 +92,9 @@ def main(epochs: int, seed: int = 0) -> list[dict]:
     rows: list[dict] = []
 
     def validate_raw(state) -> None:
-        program.reset("eval")
-        run_epoch(program, "eval", validation())
-        raw = program.results("eval")
+        program.reset("val")
+        run_epoch(program, "val", validation())
+        raw = program.results("val")
         rows.append({"epoch": state.logs["epoch"], "raw": raw, "ema": state.logs})
 
     fit(

@@ -77,7 +77,7 @@ def test_compiled_variants_trace_once(report):
         if entry["variant"] == "tf_function":
             assert entry["traces"] == {"train_step": 1}, entry
     for variant in ("composed_spe1", "composed_spe16"):
-        assert report["pipeline"]["variants"][variant]["traces"] == {"train": 1, "evaluate": 1}
+        assert report["pipeline"]["variants"][variant]["traces"] == {"train": 1, "val": 1}
     assert all(count == 1 for traces in report["scale"]["phases"]["traces"].values() for count in traces.values())
 
 
@@ -88,7 +88,7 @@ def test_pipeline_scale_and_startup_report_their_figures(report):
     assert all(positive(value) for value in pipeline["ratios"].values())
     assert all(positive(us) for us in report["scale"]["phases"]["us_per_step"].values())
     first = report["startup"]["first_epoch"]
-    for part in ("trace_train_s", "first_train_call_s", "trace_evaluate_s", "first_epoch_s", "second_epoch_s"):
+    for part in ("trace_train_s", "first_train_call_s", "trace_val_s", "first_epoch_s", "second_epoch_s"):
         assert positive(first["composed"][part]), part
     assert positive(first["fit"]["first_epoch_s"])
 

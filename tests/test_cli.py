@@ -75,7 +75,7 @@ def check_run(directory: Path, epochs: int) -> dict:
     assert summary["epochs"] == epochs
     assert set(METRICS) <= set(summary["metrics"])
     assert summary["wall_s"] > 0
-    assert summary["traces"] == {"train": 1, "evaluate": 1}
+    assert summary["traces"] == {"train": 1, "val": 1}
     assert (directory / "model.keras").is_file()
     return summary
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from composeloop import step as cs
 from composeloop.engine import compile_step
 from composeloop.parts.recipes import classifier_phase
+from composeloop.step.accumulate import accumulated
 from composeloop.step.apply import apply_variables
 from composeloop.testing import mirrored_strategy
 
@@ -117,12 +118,16 @@ APPLY_STAGES = {
     "adamw": lambda: cs.optimizer_apply(keras.optimizers.AdamW(0.01, weight_decay=0.5)),
     "loss_scale_optimizer": lambda: cs.optimizer_apply(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.5))),
     "function": lambda: sign_descent,
+    # Every wrapper around a Keras optimizer: called per replica, the wrappers' own work once.
+    "wrapped_adam": lambda: cs.ema(
+        cs.lookahead(cs.decoupled_weight_decay(cs.optimizer_apply(keras.optimizers.Adam(0.01)), 0.5), k=2), 0.8
+    ),
 }
 
 
 def copies(variables):
     """Every replica's copy of each variable, as arrays."""
-    tensors = [getattr(v, "value", v) for v in variables]
+    tensors = [v.value if isinstance(v, keras.Variable) else v for v in variables]
     return [[c.numpy() for c in getattr(t, "values", (t,))] for t in tensors]
 
 
@@ -147,3 +152,22 @@ def test_each_kind_of_apply_stage_runs_once_on_two_replicas(mirrored, kind):
         assert len(two) == 2 or len(one) == len(two)
         for copy in two:
             np.testing.assert_allclose(copy, one[0], rtol=1e-5, atol=1e-6)
+
+
+def test_one_mirrored_replica_applies_a_decision_taken_in_the_step_like_one_device():
+    """Accumulation decides each update in the compiled step; a Keras optimizer under a
+    one-replica MirroredStrategy merge-calls, which a tf.cond around it cannot hold."""
+    rng = np.random.default_rng(2)
+    batch = {"x": rng.normal(size=(16, 5)).astype(np.float32), "y": rng.integers(0, 3, 16).astype(np.int32)}
+    results = []
+    for strategy in (tf.distribute.OneDeviceStrategy("/cpu:0"), mirrored_strategy(1)):
+        with strategy.scope():
+            model = tiny_model()
+            apply = cs.ema(cs.optimizer_apply(keras.optimizers.Adam(0.01)), 0.8)
+            phase = accumulated(attrs.evolve(classifier_phase(keras.optimizers.SGD(0.0)), apply=apply), 2)
+            program = compile_step(cs.compose(phase, models={"model": model}), strategy=strategy)
+        assert program.train(iter(program.distribute(tf.data.Dataset.from_tensor_slices(batch).batch(4))), 4) == 4
+        assert int(program.withheld_updates.numpy()) == 2
+        results.append([v.numpy() for v in [*model.trainable_variables, *apply_variables(apply)]])
+    for one_device, mirrored in zip(*results, strict=True):
+        np.testing.assert_allclose(mirrored, one_device, rtol=1e-6, atol=1e-7)

@@ -39,7 +39,7 @@ def reference():
 def test_one_trace_each_with_a_partial_last_batch(reference):
     program, _, history = reference
     # 40 examples in batches of 7: 5 full batches and one of 5, twice over.
-    assert program.trace_counts == {"train": 1, "evaluate": 1}
+    assert program.trace_counts == {"train": 1, "val": 1}
     assert int(program.global_step) == 12
     assert set(history[-1]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
 
@@ -48,7 +48,7 @@ def test_one_trace_each_with_a_partial_last_batch(reference):
 def test_steps_per_execution_gives_the_same_weights_in_one_trace(reference, steps_per_execution):
     """6 batches per epoch in chunks of 4 (a partial last chunk) or one chunk of 100."""
     program, model, history = train_epochs(steps_per_execution)
-    assert program.trace_counts == {"train": 1, "evaluate": 1}
+    assert program.trace_counts == {"train": 1, "val": 1}
     for ours, theirs in zip(weights(model), weights(reference[1]), strict=False):
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
     assert history[-1]["val_accuracy"] == pytest.approx(reference[2][-1]["val_accuracy"])
@@ -56,7 +56,7 @@ def test_steps_per_execution_gives_the_same_weights_in_one_trace(reference, step
 
 def test_jit_compile_matches_the_graph_step(reference):
     program, model, _ = train_epochs(steps_per_execution=4, jit_compile=True)
-    assert program.trace_counts == {"train": 1, "evaluate": 1}
+    assert program.trace_counts == {"train": 1, "val": 1}
     for ours, theirs in zip(weights(model), weights(reference[1]), strict=False):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)  # XLA fuses and reorders float ops
 
@@ -77,10 +77,10 @@ def test_a_retrace_is_reported_by_name():
 
 def test_metrics_reset_and_count_every_example(reference):
     program, _, history = reference
-    states = program.states("eval")
+    states = program.states("val")
     assert states["loss"]["count"] == 40 and states["accuracy"]["count"] == 40
-    program.reset("eval")
-    assert program.states("eval")["accuracy"] == {"total": 0.0, "count": 0.0}
+    program.reset("val")
+    assert program.states("val")["accuracy"] == {"total": 0.0, "count": 0.0}
     assert 0.0 <= history[-1]["train_accuracy"] <= 1.0
 
 

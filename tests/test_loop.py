@@ -29,12 +29,11 @@ X, Y = tiny_data(examples=40)  # batch 8: five steps an epoch
 X_VAL, Y_VAL = tiny_data(examples=16, seed=1)
 
 
-def program_for(seed: int = 0, learning_rate: float = 0.01, spe: int = 1, halt: bool = False, width_model=None):
+def program_for(seed: int = 0, learning_rate: float = 0.01, spe: int = 1, nan_policy="skip", width_model=None):
     model = width_model or tiny_model(seed=seed)
     phase = classifier_phase(keras.optimizers.Adam(learning_rate), transform=cs.skip_nonfinite())
     step = cs.compose(phase, models={"model": model})
-    on_nonfinite = "halt" if halt else "count"
-    return compile_step(step, steps_per_execution=spe, seed=seed, on_nonfinite=on_nonfinite, record_logs=True), model
+    return compile_step(step, steps_per_execution=spe, seed=seed, nan_policy=nan_policy, record_logs=True), model
 
 
 def train_data(epoch: int) -> tf.data.Dataset:
@@ -104,7 +103,7 @@ def test_resume_mid_epoch_equals_a_straight_run(tmp_path):
 
 @pytest.mark.parametrize("policy", ["raise", "skip", "stop"])
 def test_nan_policy(policy):
-    program, model = program_for(halt=policy != "skip")
+    program, model = program_for(nan_policy=policy)
     data = with_nan_at((0, 2))
     if policy == "raise":
         before = []
@@ -126,6 +125,16 @@ def test_nan_policy(policy):
         assert state.status == "completed" and state.step == 10
     else:
         assert state.status == "stopped_nonfinite" and state.step == 3 and "step 2" in state.reason
+
+
+def test_nan_policy_is_spelled_as_the_config_spells_it():
+    step = cs.compose(classifier_phase(keras.optimizers.SGD(0.1)), models={"model": tiny_model()})
+    with pytest.raises(ValueError, match="nan_policy must be None or one of raise, skip, stop, got 'halt'"):
+        compile_step(step, nan_policy="halt")
+    program = compile_step(step)  # no policy: no check, and the handler refuses it
+    assert program.nan_policy is None
+    with pytest.raises(ValueError, match=r"compile_step\(nan_policy=...\)"):
+        run_loop(program, train_data, epochs=1, handlers=nan_policy("skip"))
 
 
 def test_best_epoch_and_min_delta():

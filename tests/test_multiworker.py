@@ -59,7 +59,7 @@ def test_multi_gpu_on_cpu_runs_two_logical_devices(tmp_path, one_process_weights
     notes = [line for line in result.stdout.splitlines() if "logical CPU" in line]
     assert notes == ["composeloop: no GPU visible: MirroredStrategy over 2 logical CPU devices (strategy.logical_cpus)"]
     assert summary(directory)["replicas"] == 2
-    assert summary(directory)["traces"] == {"train": 1, "evaluate": 1}
+    assert summary(directory)["traces"] == {"train": 1, "val": 1}
     assert_same_weights(directory, one_process_weights)
 
 

@@ -166,9 +166,9 @@ def evaluate(run: Run) -> dict[str, Any]:
     validation = run.validation_data()
     with runner.averaged_weights(run.program)():
         if validation is not None:
-            run.program.reset("eval")
-            run_epoch(run.program, "eval", validation())
-            metrics = {f"{VAL}_{name}": value for name, value in run.program.results("eval").items()}
+            run.program.reset(VAL)
+            run_epoch(run.program, VAL, validation())
+            metrics = {f"{VAL}_{name}": value for name, value in run.program.results(VAL).items()}
         if run.composition.finish is not None:
             metrics.update(run.composition.finish(state, run.outputs))
     result = {

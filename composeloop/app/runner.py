@@ -27,7 +27,7 @@ import attrs
 from composeloop.config.schema import Config, Resume
 from composeloop.errors import ConfigError
 from composeloop.files import read_json
-from composeloop.vocabulary import VAL, NanPolicy, higher_is_better
+from composeloop.vocabulary import VAL, higher_is_better
 
 RESULT_FILES = ("summary.json", "metrics.jsonl")
 UNFINISHED = ("interrupted", "stopped_nonfinite")  # statuses that end the process non-zero
@@ -55,8 +55,7 @@ def compile_options(config: Config, strategy: Any = None) -> dict[str, Any]:
         "steps_per_execution": config.train.steps_per_execution,
         "jit_compile": config.train.jit_compile,
         "seed": config.seed,
-        # raise and stop act before another step runs; skip carries on in the graph.
-        "on_nonfinite": "count" if config.train.nan_policy is NanPolicy.skip else "halt",
+        "nan_policy": config.train.nan_policy,
         "record_logs": config.report.tensorboard,
     }
 

@@ -20,8 +20,7 @@ from composeloop.step.apply import apply_variables
 from composeloop.step.compose import Step, fold_seed
 from composeloop.step.phase import build_phase
 from composeloop.step.records import Context
-
-NONFINITE_CHOICES = (None, "count", "halt")
+from composeloop.vocabulary import TRAIN, VAL, NanPolicy
 
 
 class RetraceWarning(UserWarning):
@@ -110,10 +109,11 @@ class Program:
     and transform stages such as accumulators and loss scales created) lives in variables,
     so it can be checkpointed.
 
-    With `on_nonfinite` "count", a training step whose objective is not finite is counted
-    in `nonfinite_steps`; with "halt" the compiled loop also returns right after it (so it
-    was step ``global_step - 1``) and the Python loop can act before another step runs;
-    with None (the default) the step pays for no check. With
+    With a `nan_policy`, a training step whose objective is not finite is counted in
+    `nonfinite_steps`; under "raise" and "stop" the compiled loop also returns right after
+    it (so it was step ``global_step - 1``) and the Python loop can act before another step
+    runs, while under "skip" it carries on; with None (the default) the step pays for no
+    check. With
     `record_logs`, the last step's objective and gradient norm per phase are kept in
     `last_logs` (for TensorBoard); without, they are pruned from the graph.
     """
@@ -125,20 +125,24 @@ class Program:
         steps_per_execution: int = 1,
         jit_compile: bool = False,
         seed: int = 0,
-        on_nonfinite: str | None = None,
+        nan_policy: NanPolicy | str | None = None,
         record_logs: bool = False,
     ) -> None:
         if steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
-        if on_nonfinite not in NONFINITE_CHOICES:
-            raise ValueError(f"on_nonfinite must be one of {NONFINITE_CHOICES}, got {on_nonfinite!r}")
+        if isinstance(nan_policy, str):
+            if nan_policy not in NanPolicy.__members__:
+                choices = ", ".join(NanPolicy.__members__)
+                raise ValueError(f"nan_policy must be None or one of {choices}, got {nan_policy!r}")
+            nan_policy = NanPolicy[nan_policy]
+        elif nan_policy is not None and not isinstance(nan_policy, NanPolicy):
+            raise TypeError(f"nan_policy must be a NanPolicy, its name or None, got {type(nan_policy).__name__}")
         self.step = step
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_execution = steps_per_execution
         self.jit_compile = jit_compile
         self.seed = seed
-        self.on_nonfinite = on_nonfinite
-        self.halt_on_nonfinite = on_nonfinite == "halt"
+        self.nan_policy = nan_policy
         self.record_logs = record_logs
         self.replication = replication_for(self.strategy)
         self.traces = TraceCounter()
@@ -151,11 +155,11 @@ class Program:
                 for phase in step.phases
                 for key in ("objective", "grad_norm")
             }
-            self.metric_states = {"train": _state_variables(step, "train"), "eval": _state_variables(step, "eval")}
+            self.metric_states = {kind: _state_variables(step, kind) for kind in (TRAIN, VAL)}
             # Optimizer slots and other stage state (accumulators, loss scales) cannot be
             # created inside a trace; the latter are kept, by phase, for checkpoints.
             self.stage_variables = {phase.name: build_phase(phase, step.variables(phase)) for phase in step.phases}
-        on_batch = {"train": self._train_on_batch, "eval": self._evaluate_on_batch}
+        on_batch = {TRAIN: self._train_on_batch, VAL: self._evaluate_on_batch}
         if jit_compile:
             on_batch = {kind: _compiled(fn, jit_compile=True) for kind, fn in on_batch.items()}
         self._on_batch = on_batch
@@ -184,12 +188,12 @@ class Program:
 
     def _train_on_batch(self, batch: Mapping[str, tf.Tensor]) -> None:
         contribution, logs = self.step(self._context(batch, training=True), self.step.empty_states())
-        _add(self.metric_states["train"], contribution)
+        _add(self.metric_states[TRAIN], contribution)
         withheld = _withheld(logs)
         if withheld:
             self.withheld_updates.assign_add(tf.add_n(withheld))
         objectives = [v for k, v in logs.items() if k.endswith("/objective")]
-        if objectives and self.on_nonfinite is not None:
+        if objectives and self.nan_policy is not None:
             finite = tf.math.is_finite(tf.add_n([tf.cast(v, tf.float32) for v in objectives]))
             self.nonfinite_steps.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
         if self.record_logs:
@@ -199,22 +203,22 @@ class Program:
 
     def _evaluate_on_batch(self, batch: Mapping[str, tf.Tensor]) -> None:
         _add(
-            self.metric_states["eval"],
+            self.metric_states[VAL],
             self.step.evaluate(self._context(batch, training=False), self.step.empty_states()),
         )
 
     # -- compiled loops ------------------------------------------------------------------
 
     def _loop(self, kind: str, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-        """Up to `num_steps` steps while the iterator has batches (and, with "halt", while
-        steps stay finite); returns the steps run. Written as a plain `tf.while_loop`: the
-        functions are traced without AutoGraph (see `_compiled`)."""
-        halt = kind == "train" and self.halt_on_nonfinite
+        """Up to `num_steps` steps while the iterator has batches (and, under the policies
+        "raise" and "stop", while steps stay finite); returns the steps run. Written as a
+        plain `tf.while_loop`: the functions are traced without AutoGraph (see `_compiled`)."""
+        halt = kind == TRAIN and self.nan_policy not in (None, NanPolicy.skip)
 
         def step(batch: Any) -> tf.Tensor:
             nonfinite_before = self.nonfinite_steps.read_value() if halt else None
             self.strategy.run(self._on_batch[kind], args=(batch,))
-            if kind == "train":
+            if kind == TRAIN:
                 self.global_step.assign_add(1)
             if halt:
                 return tf.logical_not(self.nonfinite_steps.read_value() > nonfinite_before)
@@ -234,12 +238,12 @@ class Program:
         return done
 
     def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-        self.traces.count("train")
-        return self._loop("train", iterator, num_steps)
+        self.traces.count(TRAIN)
+        return self._loop(TRAIN, iterator, num_steps)
 
     def _evaluate_loop(self, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-        self.traces.count("evaluate")
-        return self._loop("eval", iterator, num_steps)
+        self.traces.count(VAL)
+        return self._loop(VAL, iterator, num_steps)
 
     # -- public --------------------------------------------------------------------------
 
@@ -288,20 +292,23 @@ class Program:
             self._counts[count] = tf.constant(count, tf.int64)
         return self._counts[count]
 
-    def results(self, kind: str = "train") -> dict[str, float]:
-        """Current metric values, by metric name (kind: "train" or "eval")."""
-        states = _read(self.metric_states[kind])
+    def _kind(self, kind: str) -> dict[str, dict[str, tf.Variable]]:
+        if kind not in self.metric_states:
+            raise ValueError(f"kind must be {TRAIN!r} or {VAL!r}, got {kind!r}")
+        return self.metric_states[kind]
+
+    def results(self, kind: str = TRAIN) -> dict[str, float]:
+        """Current metric values, by metric name (kind: "train" or "val")."""
+        states = _read(self._kind(kind))
         return {metric.name: float(metric.result(states[metric.name])) for metric in self.step.metrics}
 
-    def states(self, kind: str = "train") -> dict[str, dict[str, float]]:
-        """Current raw metric states (sums), by metric name."""
-        return {
-            name: {f: float(v) for f, v in fields.items()} for name, fields in _read(self.metric_states[kind]).items()
-        }
+    def states(self, kind: str = TRAIN) -> dict[str, dict[str, float]]:
+        """Current raw metric states (sums), by metric name (kind: "train" or "val")."""
+        return {name: {f: float(v) for f, v in fields.items()} for name, fields in _read(self._kind(kind)).items()}
 
-    def reset(self, kind: str = "train") -> None:
-        """Resets one kind's metric states to empty."""
-        for fields in self.metric_states[kind].values():
+    def reset(self, kind: str = TRAIN) -> None:
+        """Resets one kind's metric states ("train" or "val") to empty."""
+        for fields in self._kind(kind).values():
             for variable in fields.values():
                 variable.assign(tf.zeros_like(variable))
 
@@ -349,7 +356,7 @@ def compile_step(
     steps_per_execution: int = 1,
     jit_compile: bool = False,
     seed: int = 0,
-    on_nonfinite: str | None = None,
+    nan_policy: NanPolicy | str | None = None,
     record_logs: bool = False,
 ) -> Program:
     """Compiles a `Step` into one training and one evaluation `tf.function`.
@@ -361,9 +368,11 @@ def compile_step(
       steps_per_execution: steps run per call, looped inside the graph.
       jit_compile: compile each step with XLA.
       seed: the run seed that every stage's stateless seed derives from.
-      on_nonfinite: None (no check), "count" (count steps whose objective is not finite
-        in `Program.nonfinite_steps`) or "halt" (count, and end the `train` call right
-        after such a step); `composeloop.engine.nan_policy` needs one of the last two.
+      nan_policy: what follows a step whose objective is not finite
+        (`composeloop.vocabulary.NanPolicy` or its name). None (the default): no check, no
+        extra ops. "skip": count such steps in `Program.nonfinite_steps` and carry on in
+        the graph. "raise" or "stop": count, and end the `train` call right after such a
+        step, so that `composeloop.engine.nan_policy`'s handler acts before another runs.
       record_logs: keep the last step's objective and gradient norm per phase in
         `Program.last_logs` (TensorBoard reads them).
 
@@ -374,4 +383,4 @@ def compile_step(
       >>> program = compile_step(step, steps_per_execution=8)
       >>> program.train(iter(dataset))
     """
-    return Program(step, strategy, steps_per_execution, jit_compile, seed, on_nonfinite, record_logs)
+    return Program(step, strategy, steps_per_execution, jit_compile, seed, nan_policy, record_logs)

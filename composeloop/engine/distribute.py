@@ -52,14 +52,18 @@ def _apply_once(apply: Callable, update: Gradients, variables: Sequence[tf.Varia
 
 
 def replication_for(strategy: tf.distribute.Strategy) -> Replication:
-    """The replication hooks for a strategy; the local one for a single replica on one machine.
+    """The replication hooks for a strategy; the local one for a single replica of no mirroring.
 
-    A multi-worker strategy with one replica (one worker) still applies through a merge
-    call: its Keras optimizers would otherwise call one inside the compiled step.
+    A mirrored strategy (`MirroredStrategy`, or a multi-worker one) with one replica still
+    applies through a merge call, though its sums are identities: its Keras optimizers
+    merge-call, which fails inside the `tf.cond` of an apply decided in the compiled step
+    (accumulation, a withheld non-finite update) unless the decision is taken in the
+    cross-replica context.
     """
     replicas = strategy.num_replicas_in_sync
-    if replicas == 1 and getattr(strategy, "cluster_resolver", None) is None:
-        return LOCAL
+    if replicas == 1:
+        mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
+        return Replication(apply=_apply_once) if mirrored or getattr(strategy, "cluster_resolver", None) else LOCAL
     return Replication(num_replicas=replicas, sum=_all_reduce_sum, apply=_apply_once)
 
 

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from composeloop.engine.compile import Program
 from composeloop.engine.events import Event, Handler, RunState, dispatch, on_epoch_end, steps_to_next_event
+from composeloop.vocabulary import TRAIN, VAL
 
 EpochHandler = Callable[[dict[str, Any]], None]
 
@@ -34,7 +35,7 @@ def _chunk(program: Program, left_in_epoch: int | None, to_next_event: int | Non
 
 
 def run_epoch(program: Program, kind: str, dataset: tf.data.Dataset) -> int:
-    """Runs one pass of `dataset` through the program's `kind` ("train" or "eval") loop.
+    """Runs one pass of `dataset` through the program's `kind` ("train" or "val") loop.
 
     Chunks are `steps_per_execution` long; when the dataset's length is known the last
     chunk is cut to what is left, otherwise the loop stops when the iterator runs out.
@@ -54,19 +55,22 @@ def _run_batches(state: RunState, kind: str, dataset: tf.data.Dataset, handlers:
       True when the dataset was run to its end.
     """
     program = state.program
-    run = program.train if kind == "train" else program.evaluate
+    runs = {TRAIN: program.train, VAL: program.evaluate}
+    if kind not in runs:
+        raise ValueError(f"kind must be {TRAIN!r} or {VAL!r}, got {kind!r}")
+    run = runs[kind]
     length = _known_length(dataset)
     if state.batch:
         dataset = dataset.skip(state.batch)
     iterator = iter(program.distribute(dataset))
     # Reading the step costs a device round trip: only when a handler needs it.
-    timed = kind == "train" and any(handler.event is Event.STEPS for handler in handlers)
+    timed = kind == TRAIN and any(handler.event is Event.STEPS for handler in handlers)
     while length is None or state.batch < length:
         left = None if length is None else length - state.batch
         chunk = _chunk(program, left, steps_to_next_event(handlers, state.step) if timed else None)
         ran = run(iterator, chunk)
         state.batch += ran
-        if kind == "train" and handlers:
+        if kind == TRAIN and handlers:
             dispatch(handlers, Event.CHUNK, state)
             if ran and timed:
                 dispatch(handlers, Event.STEPS, state)
@@ -114,25 +118,25 @@ def run_loop(
     state = state or RunState(program, epochs)
     state.epochs = epochs
     names = [metric.name for metric in program.step.metrics]
-    kinds = ("train", "val") if validation_data is not None else ("train",)
+    kinds = (TRAIN, VAL) if validation_data is not None else (TRAIN,)
     state.log_keys = tuple(f"{kind}_{name}" for kind in kinds for name in names)
     dispatch(handlers, Event.RUN_BEGIN, state)
     while state.epoch < epochs and not state.stopping:
         started = time.perf_counter()
         if state.batch == 0:  # a resume mid-epoch keeps the restored running sums
-            program.reset("train")
+            program.reset(TRAIN)
         dataset = train_data(state.epoch)
         state.steps_in_epoch = _known_length(dataset)
         dispatch(handlers, Event.EPOCH_BEGIN, state)
-        if not _run_batches(state, "train", dataset, handlers):
+        if not _run_batches(state, TRAIN, dataset, handlers):
             break  # stopped mid-epoch: no validation, no epoch record
         logs: dict[str, Any] = {"epoch": state.epoch + 1}
-        logs.update({f"train_{name}": value for name, value in program.results("train").items()})
+        logs.update({f"{TRAIN}_{name}": value for name, value in program.results(TRAIN).items()})
         if validation_data is not None:
-            program.reset("eval")
+            program.reset(VAL)
             with (validation_weights or contextlib.nullcontext)():
-                run_epoch(program, "eval", validation_data())
-            logs.update({f"val_{name}": value for name, value in program.results("eval").items()})
+                run_epoch(program, VAL, validation_data())
+            logs.update({f"{VAL}_{name}": value for name, value in program.results(VAL).items()})
         logs["seconds"] = time.perf_counter() - started
         state.history.append(logs)
         state.epoch, state.batch = state.epoch + 1, 0

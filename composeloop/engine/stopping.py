@@ -111,16 +111,16 @@ def nan_policy(policy: NanPolicy | str) -> list[Handler]:
     The step's update itself is withheld by the gradient transforms (`skip_nonfinite`);
     this decides what happens next. "raise": a `NonFiniteLossError` naming the step.
     "skip": carry on (the program counts such steps in `nonfinite_steps`). "stop": end the
-    run with status "stopped_nonfinite", keeping the last checkpoint saved before it. With
-    "raise" and "stop", compile the program with ``on_nonfinite="halt"`` so that no
-    further step runs first; "skip" needs at least ``on_nonfinite="count"``.
+    run with status "stopped_nonfinite", keeping the last checkpoint saved before it. The
+    program must be compiled with a policy (``compile_step(nan_policy=...)``), the same
+    one so that under "raise" and "stop" no further step runs first.
     """
     policy = NanPolicy(policy) if isinstance(policy, str) else policy
     seen = {"count": 0}
 
     def remember(state: RunState) -> None:
-        if state.program.on_nonfinite is None:
-            raise ValueError("nan_policy needs a program compiled with on_nonfinite='count' or 'halt'")
+        if state.program.nan_policy is None:
+            raise ValueError("nan_policy needs a program compiled with compile_step(nan_policy=...)")
         seen["count"] = int(state.program.nonfinite_steps.numpy())
 
     def check(state: RunState) -> None:
@@ -130,7 +130,7 @@ def nan_policy(policy: NanPolicy | str) -> list[Handler]:
         seen["count"] = count
         # A halting program returns right after the bad step; without halting, the chunk's.
         what = f"the loss was not finite at step {state.step - 1}; its update was not applied"
-        if not state.program.halt_on_nonfinite:
+        if state.program.nan_policy is NanPolicy.skip:
             what = f"the loss was not finite in the steps up to {state.step - 1}; their updates were not applied"
         if policy is NanPolicy["raise"]:
             raise NonFiniteLossError(f"train.nan_policy=raise: {what}")

@@ -120,7 +120,7 @@ class DecoupledWeightDecay(ApplyWrapper):
     def _create(self, variables: list[Any]) -> None:
         self.decayed(variables)  # resolves the mask (warns, or refuses excluding all) before tracing
 
-    def __call__(self, gradients: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
+    def _before(self, variables: Sequence[Any]) -> None:
         chosen = self.decayed(variables)
         rate = self.learning_rate() if callable(self.learning_rate) else self.learning_rate
         # Decay first, from the weights the inner stage's update also starts from, in Keras
@@ -129,7 +129,6 @@ class DecoupledWeightDecay(ApplyWrapper):
             if decay:
                 value = read(variable)
                 variable.assign(value - value * tf.cast(self.rate, value.dtype) * tf.cast(rate, value.dtype))
-        self.inner(gradients, variables)
 
 
 def decoupled_weight_decay(

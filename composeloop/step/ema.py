@@ -66,9 +66,7 @@ class ExponentialMovingAverage(CopyingWrapper):
             decay = tf.minimum(decay, (1.0 + n) / (10.0 + n))
         return tf.where(count > 0, decay, 0.0)
 
-    def __call__(self, gradients: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
-        self.owner  # noqa: B018  # raises if not built
-        self.inner(gradients, variables)
+    def _after(self, variables: Sequence[Any]) -> None:
         count = self.count.read_value()
         decay = self.decay_at(count)
         for shadow, variable in zip(self.shadows, variables, strict=True):
@@ -112,7 +110,7 @@ def ema(apply: Apply, decay: float = 0.999, *, warmup: bool = True) -> Exponenti
     Example:
       >>> phase = attrs.evolve(phase, apply=ema(phase.apply, 0.999))
       >>> with ema_weights(program):
-      ...     run_epoch(program, "eval", validation)
+      ...     run_epoch(program, "val", validation)
     """
     return ExponentialMovingAverage(apply, decay, warmup)
 

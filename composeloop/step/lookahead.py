@@ -16,6 +16,7 @@ mid-cycle included. Evaluation between syncs sees the fast weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -50,17 +51,17 @@ class Lookahead(CopyingWrapper):
         """The slow weights, one per variable."""
         return self.copies
 
-    def __call__(self, gradients: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
-        self.owner  # noqa: B018  # raises if not built
-        # Unconditional assigns through tf.where, no tf.cond: under a one-replica
-        # MirroredStrategy the apply runs in a replica context, where a tf.cond branch cannot
-        # update a mirrored variable. It costs a pass over the weights at every update.
-        count = self.count.read_value()
-        first = tf.equal(count, 0)
+    # Unconditional assigns through tf.where, no tf.cond: a tf.cond branch that assigns a
+    # mirrored variable fails in a replica context, and these hooks must not depend on the
+    # context the engine gives them. It costs a pass over the weights at every update.
+
+    def _before(self, variables: Sequence[Any]) -> None:
+        first = tf.equal(self.count.read_value(), 0)
         for slow, variable in zip(self.slow, variables, strict=True):
             slow.assign(tf.where(first, read(variable), slow.read_value()))
-        self.inner(gradients, variables)
-        count = count + 1
+
+    def _after(self, variables: Sequence[Any]) -> None:
+        count = self.count.read_value() + 1
         self.count.assign(count)
         sync = tf.equal(count % self.k, 0)
         for slow, variable in zip(self.slow, variables, strict=True):

@@ -7,10 +7,13 @@ and offers the inner stage's state followed by its own as ``variables`` (so
 chain of wrappers (`unwrap`, `optimizer_of`). It holds no update rule.
 
 A wrapper is an ordinary apply stage ``(gradients, variables) -> None``: the engine calls
-it once per applied update (never for a withheld one), on one device or in the
-cross-replica context of a strategy, where assigning a mirrored variable updates every
-replica's copy. The wrapper calls its inner stage in that same way, so wrappers nest in any
-order: ``ema(lookahead(decoupled_weight_decay(optimizer_apply(adam), 1e-4)))``.
+it once per applied update (never for a withheld one). Its own work (`_before` and `_after`
+the inner stage's update) always runs where assigning a variable updates every replica's
+copy: on one device, or in the cross-replica context of a strategy. The inner stage is
+called as the engine would call it: a wrapper offers the ``replicated()`` of the stage it
+wraps, so the engine calls a wrapped Keras optimizer per replica, as it calls a bare one,
+and the wrapper then enters the cross-replica context (a merge call) for its own work.
+Wrappers nest in any order: ``ema(lookahead(decoupled_weight_decay(optimizer_apply(adam))))``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from composeloop.step.stateful import state_variable
 
 
 class ApplyWrapper:
-    """Base of the apply stages that wrap another one; subclasses define `_create` and `__call__`.
+    """Base of the apply stages that wrap another one; subclasses define `_create`, `_before`, `_after`.
 
     Attributes:
       inner: the wrapped apply stage.
@@ -47,21 +50,29 @@ class ApplyWrapper:
             if [id(v) for v in variables] != [id(v) for v in self._owner]:  # the owner's are alive: ids are safe
                 raise ComposeError(f"{self.kind}: one stage serves one variable group; give each phase its own")
             return
-        self._check_replicas()
         self._owner = list(variables)
         self._create(self._owner)
 
-    def _check_replicas(self) -> None:
-        # The engine runs a wrapper once, in the cross-replica context, and the wrapper runs
-        # its inner stage there. A stage that must run per replica (today's OptimizerApply,
-        # until the engine applies Keras optimizers in the cross-replica context: issue 16)
-        # would fail while tracing with an error naming no stage; say it here instead.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1 and any(getattr(stage, "sums_across_replicas", False) for stage in unwrap(self.inner)):
-            raise ComposeError(
-                f"{self.kind}: the wrapped apply stage must run per replica, which a wrapper cannot do under a "
-                f"strategy of {replicas} replicas yet; wrap an apply stage that runs in the cross-replica context"
-            )
+    def __call__(self, gradients: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
+        self.owner  # noqa: B018  # raises if not built
+        _once_for_all_replicas(self._before, variables)
+        self.inner(gradients, variables)
+        _once_for_all_replicas(self._after, variables)
+
+    @property
+    def replicated(self) -> Any:
+        """The inner stage's ``replicated`` (see `composeloop.step.apply`), or None.
+
+        The engine calls a stage that offers it in every replica; this wrapper then calls
+        its inner stage there and its own work once, in the cross-replica context.
+        """
+        return getattr(self.inner, "replicated", None)
+
+    def _before(self, variables: Sequence[Any]) -> None:
+        """This wrapper's work before the inner stage's update (once for all replicas)."""
+
+    def _after(self, variables: Sequence[Any]) -> None:
+        """This wrapper's work after the inner stage's update (once for all replicas)."""
 
     def _create(self, variables: list[Any]) -> None:
         """Creates this wrapper's own state for `variables`."""
@@ -82,6 +93,19 @@ class ApplyWrapper:
         if self._owner is None:
             raise ComposeError(f"{self.kind}: the stage was not built; compile the step with compile_step")
         return self._owner
+
+
+def _once_for_all_replicas(work: Any, variables: Sequence[Any]) -> None:
+    """Runs `work(variables)` where assigning a variable updates every replica's copy.
+
+    In a strategy's replica context (a wrapped stage called per replica) that is a merge
+    call: every replica asks, the work runs once. Elsewhere (no strategy, or already in
+    the cross-replica context) it runs in place.
+    """
+    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        tf.distribute.get_replica_context().merge_call(lambda _strategy: work(variables))
+    else:
+        work(variables)
 
 
 def unwrap(apply: Apply) -> Iterator[Apply]:
