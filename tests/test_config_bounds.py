@@ -60,7 +60,7 @@ def test_a_synthetic_set_beyond_its_bound_is_refused_naming_the_key():
         (("data=null",), "data: a config group takes an option (digits, images, npz, synthetic, tfrecord), got null"),
         (
             ("experiment=false",),
-            "experiment: a config group takes an option (classifier, gan, multi_gpu, wgan_gp), got False",
+            "experiment: a config group takes an option (classifier, gan, lr_find, multi_gpu, wgan_gp), got False",
         ),
         (("+experiment=gan", "experiment=[null]"), "experiment: a config group takes an option"),
         (("train.epochs=[1,",), "train.epochs=[1,: not a valid override (no viable alternative at input '[1,')"),

@@ -42,6 +42,10 @@ def checkpoint_arrays(run: Path, group: str) -> list[np.ndarray]:
     return [reader.get_tensor(name) for name in names if name.endswith("VARIABLE_VALUE")]
 
 
+def summary_warnings(run: Path) -> list[str]:
+    return json.loads((run / "summary.json").read_text())["warnings"]
+
+
 def done(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result
@@ -51,8 +55,9 @@ def done(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def test_stages_from_the_command_line_resume_exactly_and_every_mode_uses_the_ema_weights(tmp_path):
     run = lambda *args: done(cli(*TINY, *STAGES, *args, cwd=tmp_path))  # noqa: E731
     straight = run("train.epochs=2", "hydra.run.dir=straight")
-    warnings = [line for line in straight.stderr.splitlines() if line.startswith("composeloop: warning:")]
+    warnings = [line for line in straight.stderr.splitlines() if line.startswith("composeloop: warning: optimizer")]
     assert len(warnings) == 1 and "optimizer.weight_decay_exclude[1]: 'embedding' matches no variable" in warnings[0]
+    assert warnings[0].removeprefix("composeloop: warning: ") in summary_warnings(tmp_path / "straight")
     run("train.epochs=1", "hydra.run.dir=resumed")
     run("train.epochs=2", "hydra.run.dir=resumed")
     one, two = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("straight", "resumed"))

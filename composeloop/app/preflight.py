@@ -141,7 +141,9 @@ def read_overrides(hydra: Any, overrides: Sequence[str]) -> list[Any]:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as error:
-        reason = next((line.strip() for line in str(error.message).splitlines() if line.strip()), "unreadable")
+        lines = [line.strip() for line in str(error.message).splitlines() if line.strip()]
+        reasons = [line for line in lines if not line.startswith("Error parsing override")]  # names no cause
+        reason = (reasons or lines or ["unreadable"])[0]
         raise ConfigError(f"{error.override}: not a valid override ({reason})") from None
     for override in parsed:  # Hydra's own says no key ("Config group override must be a string or a list")
         group = override.key_or_group

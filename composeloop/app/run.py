@@ -71,10 +71,9 @@ def run_directory_lock(config: Config, directory: str | Path) -> contextlib.Abst
     """
     from composeloop import cluster, locking
 
-    if config.strategy.name is StrategyKind.multi_worker:
-        task = cluster.current_task()
-        if task is not None and not task.is_chief:
-            return contextlib.nullcontext()
+    strategy = config.strategy
+    if strategy.name is StrategyKind.multi_worker and not cluster.is_chief_process(strategy.cluster):
+        return contextlib.nullcontext()  # TF_CONFIG or srun's variables: another worker's directory
     return locking.holding(directory, create=True)
 
 

@@ -371,9 +371,16 @@ def check_streamed(data: ArrayData | Datasets, batches: int, source: str) -> Non
     """
     if not isinstance(data, Datasets) or batches < 1:
         return
-    check_first_batches(data.train(0), batches, f"{source}: train")
+    check_first_batches(_one_pipeline(data.train(0)), batches, f"{source}: train")
     if data.validation is not None:
-        check_first_batches(data.validation(), batches, f"{source}: validation")
+        check_first_batches(_one_pipeline(data.validation()), batches, f"{source}: validation")
+
+
+def _one_pipeline(dataset: Any) -> Any:
+    """A dataset as one pipeline: files read per worker (`engine.sources.PerWorker`) as one
+    worker reading them all, so every worker checks the same first batches."""
+    make = getattr(dataset, "make", None)
+    return make(0, 1) if callable(make) and hasattr(dataset, "distribute_over") else dataset
 
 
 def as_data(value: Any, source: str) -> ArrayData | Datasets:
