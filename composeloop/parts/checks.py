@@ -10,6 +10,7 @@ NaN policy of the training loop catches the rest). Loading and batching belong t
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -129,17 +130,27 @@ def check_first_batches(dataset: Any, batches: int = 4, source: str = "data") ->
     """
     if batches < 1:
         raise ValueError(f"batches must be >= 1, got {batches}")
-    read = 0
-    for index, batch in enumerate(dataset):
-        if index >= batches:
-            break
-        for name, value in _named_leaves(batch):
-            array = np.asarray(value)
-            nans, infs = nonfinite_counts(array)
-            if nans or infs:
-                raise DataError(f"{source}: batch {index} feature '{name}' holds {_values(nans, infs)}; {_CONSEQUENCE}")
+    # Read to the end of what is taken: a tf.data iterator dropped mid-stream can deadlock the
+    # process when it is collected later (a generator's prefetch thread waiting for the GIL
+    # that the collecting thread holds), so the first bad batch is reported after the loop.
+    first = dataset.take(batches) if hasattr(dataset, "take") else itertools.islice(dataset, batches)
+    read, problem = 0, None
+    for index, batch in enumerate(first):
         read += 1
+        if problem is None:
+            problem = _first_nonfinite(batch, index)
+    if problem is not None:
+        raise DataError(f"{source}: {problem}; {_CONSEQUENCE}")
     return read
+
+
+def _first_nonfinite(batch: Any, index: int) -> str | None:
+    """What is wrong with batch `index`: the first feature holding NaN or Inf, or None."""
+    for name, value in _named_leaves(batch):
+        nans, infs = nonfinite_counts(np.asarray(value))
+        if nans or infs:
+            return f"batch {index} feature '{name}' holds {_values(nans, infs)}"
+    return None
 
 
 def _named_leaves(batch: Any, prefix: str = "") -> list[tuple[str, Any]]:
