@@ -190,7 +190,7 @@ def bench(mode: str, log: Any) -> dict[str, Any]:
             script = [sys.executable, "-m", "benchmarks.keras_script", str(Path(scratch) / f"keras{index}")]
             processes["keras_script"].append(_run(script)[0])
             processes["import_tf_keras"].append(_run([sys.executable, "-c", "import tensorflow, keras"])[0])
-            processes["import_composeloop_cli"].append(_run([sys.executable, "-c", "import composeloop.cli"])[0])
+            processes["import_composeloop_cli"].append(_run([sys.executable, "-c", "import composeloop.app.cli"])[0])
             print(f"  startup: whole processes {index + 1}/{repeats} done", file=log, flush=True)
     out["process_seconds"] = {name: statistics.median(values) for name, values in processes.items()}
     out["process_seconds_rounds"] = {name: [round(v, 3) for v in values] for name, values in processes.items()}
