@@ -162,6 +162,20 @@ def _median_of(samples: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(sample[key] for sample in samples) for key in samples[0]}
 
 
+def process_commands(scratch: Path, index: int) -> dict[str, list[str]]:
+    """The whole processes timed in full mode, by name (`PROCESSES`), writing under `scratch`."""
+    python = sys.executable
+    return {
+        "composeloop_cli": [
+            *(python, "-m", "composeloop", f"hydra.run.dir={scratch / f'run{index}'}"),
+            *("report.tensorboard=false", "report.curves=false"),
+        ],
+        "keras_script": [python, "-m", "benchmarks.keras_script", str(scratch / f"keras{index}")],
+        "import_tf_keras": [python, "-c", "import tensorflow, keras"],
+        "import_composeloop_cli": [python, "-c", "import composeloop.app.cli"],
+    }
+
+
 def bench(mode: str, log: Any) -> dict[str, Any]:
     """First-epoch probes (fresh processes, with and without grappler) and whole processes."""
     if mode == "tiny":
@@ -184,13 +198,8 @@ def bench(mode: str, log: Any) -> dict[str, Any]:
     processes: dict[str, list[float]] = {name: [] for name in PROCESSES}
     with tempfile.TemporaryDirectory() as scratch:
         for index in range(repeats):
-            run_dir = Path(scratch) / f"run{index}"
-            cli = [sys.executable, "-m", "composeloop", f"hydra.run.dir={run_dir}"]
-            processes["composeloop_cli"].append(_run(cli + ["report.tensorboard=false", "report.curves=false"])[0])
-            script = [sys.executable, "-m", "benchmarks.keras_script", str(Path(scratch) / f"keras{index}")]
-            processes["keras_script"].append(_run(script)[0])
-            processes["import_tf_keras"].append(_run([sys.executable, "-c", "import tensorflow, keras"])[0])
-            processes["import_composeloop_cli"].append(_run([sys.executable, "-c", "import composeloop.app.cli"])[0])
+            for name, command in process_commands(Path(scratch), index).items():
+                processes[name].append(_run(command)[0])
             print(f"  startup: whole processes {index + 1}/{repeats} done", file=log, flush=True)
     out["process_seconds"] = {name: statistics.median(values) for name, values in processes.items()}
     out["process_seconds_rounds"] = {name: [round(v, 3) for v in values] for name, values in processes.items()}

@@ -111,3 +111,18 @@ def test_a_step_all_reduces_its_gradients_once(report):
     assert figures["fit"] >= 1.0 and figures["hand_written"] >= 1.0, figures
     assert figures["composed"] <= 1.02 * figures["fit"], figures
     assert figures["composed_clip"] <= 1.02 * figures["fit"], figures
+
+
+def test_the_whole_processes_timed_in_full_mode_name_modules_that_exist(tmp_path, monkeypatch):
+    """Full mode alone starts them (the tiny run does not): a moved module must fail here."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT))  # benchmarks/ is the repository's, not an installed package
+    from benchmarks import startup
+
+    commands = startup.process_commands(tmp_path, 0)
+    assert set(commands) == set(startup.PROCESSES)
+    for command in commands.values():
+        flag, target = command[1], command[2]
+        modules = [target] if flag == "-m" else [name.strip() for name in target.removeprefix("import ").split(",")]
+        assert all(importlib.util.find_spec(module) is not None for module in modules), command
