@@ -108,10 +108,12 @@ def plot_search(
       direction: "maximize" or "minimize" (which trial gets the star).
       log_x: a log-scaled x axis; None: when the values are positive and span a decade.
     """
-    import os
+    import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from composeloop.files import write_atomically
 
     names = list(dict.fromkeys(name for row in rows for name in row["params"]))
     x_name = next((name for name in names if _numeric(rows, name)), names[0] if names else None)
@@ -166,6 +168,6 @@ def plot_search(
     )
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, format="png")
-    os.replace(temporary, path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    write_atomically(path, png.getvalue())  # one writer's temporaries never meet another's
