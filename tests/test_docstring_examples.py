@@ -39,11 +39,8 @@ PACKAGES = ("composeloop", "hydra_plugins")
 # examples get fixed with them (or after them), and then they leave this list.
 DEFERRED = {
     "composeloop.app.cli": "hardening",
-    "composeloop.app.modes": "search wiring",
-    "composeloop.app.plugins": "search wiring",
     "composeloop.app.preflight": "hardening, search wiring",
     "composeloop.app.run": "hardening",
-    "composeloop.app.runner": "hardening, search wiring",
     "composeloop.app.search": "search wiring",
     "composeloop.app.search_report": "search wiring",
     "composeloop.app.search_job": "search wiring (merged as this round ended)",
@@ -54,7 +51,6 @@ DEFERRED = {
     "composeloop.app.tracking": "search wiring",
     "composeloop.app.tracking_store": "search wiring (merged as this round ended)",
     "composeloop.app.tracking_sweep": "search wiring",
-    "composeloop.cluster": "clusters",
     "composeloop.config.build": "hardening, clusters",
     "composeloop.config.stages": "stages (merged as this round ended)",
     "composeloop.engine.compile": "performance, clusters",
@@ -63,7 +59,6 @@ DEFERRED = {
     "composeloop.engine.lr_find": "stages (merged as this round ended)",
     "composeloop.engine.sources": "clusters (merged as this round ended)",
     "composeloop.engine.stopping": "clusters",
-    "composeloop.engine.strategies": "clusters",
     "composeloop.launch": "clusters",
     "composeloop.locking": "hardening",
     "composeloop.parts.data": "performance, hardening",
@@ -76,7 +71,6 @@ DEFERRED = {
     "composeloop.step.groups": "stages (merged as this round ended)",
     "composeloop.step.lookahead": "stages (merged as this round ended)",
     "composeloop.testing.masks": "stages (merged as this round ended)",
-    "hydra_plugins.composeloop_optuna._search": "search wiring",
 }
 # Modules whose examples compile steps on 2 replicas (tens of seconds): with the slow tests.
 SLOW = {"composeloop.testing.steps"}
