@@ -139,7 +139,7 @@ def test_the_first_streamed_batches_are_checked():
 
 
 def test_streamed_data_is_checked_by_the_hook_the_app_calls():
-    """`data.check_streamed`: what `composeloop.app.run` calls for any data source, with data.check_batches."""
+    """`checks.check_streamed`: what `composeloop.app.run` calls for any data source, with data.check_batches."""
     import tensorflow as tf
 
     x = np.random.default_rng(0).random((12, 3)).astype(np.float32)
@@ -150,16 +150,34 @@ def test_streamed_data_is_checked_by_the_hook_the_app_calls():
         return lambda *epoch: tf.data.Dataset.from_tensor_slices({"x": features, "y": np.zeros(12, np.int32)}).batch(4)
 
     clean = datasets.Datasets(stream(x), stream(x), (3,), 2)
-    datasets.check_streamed(clean, 4, "data._target_ (my.data)")
+    checks.check_streamed(clean, 4, "data._target_ (my.data)")
     for data, where in (
         (datasets.Datasets(stream(bad), stream(x), (3,), 2), "train"),
         (datasets.Datasets(stream(x), stream(bad), (3,), 2), "validation"),
     ):
         with pytest.raises(DataError, match=f"^data._target_ \\(my.data\\): {where}: batch 1 feature 'x' holds 1 "):
-            datasets.check_streamed(data, 2, "data._target_ (my.data)")
-        datasets.check_streamed(data, 1, "data._target_ (my.data)")  # batch 1 is not read
-        datasets.check_streamed(data, 0, "data._target_ (my.data)")  # data.check_batches=0: off
-    datasets.check_streamed(datasets.synthetic(examples=16), 4, "data")  # arrays: checked at load already
+            checks.check_streamed(data, 2, "data._target_ (my.data)")
+        checks.check_streamed(data, 1, "data._target_ (my.data)")  # batch 1 is not read
+        checks.check_streamed(data, 0, "data._target_ (my.data)")  # data.check_batches=0: off
+    checks.check_streamed(datasets.synthetic(examples=16), 4, "data")  # arrays: checked at load already
+
+
+def test_files_read_per_worker_are_checked_as_one_pipeline():
+    """Every worker checks the same first batches: the whole stream, not its own share."""
+    import tensorflow as tf
+
+    from composeloop.engine.sources import PerWorker
+
+    x = np.zeros((8, 3), np.float32)
+    x[5, 0] = np.inf  # in worker 1's half of two, in batch 2 of the whole stream of batches of 2
+
+    def make(worker: int, workers: int) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices({"x": np.array_split(x, workers)[worker]}).batch(2)
+
+    data = datasets.Datasets(lambda epoch: PerWorker(make, steps=4), example_shape=(3,), num_classes=2)
+    with pytest.raises(DataError, match="^data.files: train: batch 2 feature 'x' holds 1 non-finite value"):
+        checks.check_streamed(data, 4, "data.files")
+    checks.check_streamed(data, 2, "data.files")  # batch 2 is not read
 
 
 def test_streamed_data_is_labels_unchecked_but_needs_classes():

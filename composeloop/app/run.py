@@ -210,7 +210,7 @@ def _built_and_run(
     started: float,
 ) -> dict[str, Any]:
     from composeloop.engine import strategies
-    from composeloop.parts.data import check_streamed
+    from composeloop.parts.checks import check_streamed
 
     check_streamed(data, config.data.check_batches, source)  # arrays were checked whole at load
     notes = data_warnings(data, source)

@@ -49,6 +49,10 @@ class PerWorker:
         """The same pipelines without their first `steps` steps (resuming mid-epoch)."""
         return attrs.evolve(self, skipped=self.skipped + steps)
 
+    def as_one_pipeline(self) -> tf.data.Dataset:
+        """Every worker's data as one pipeline (one worker reading all), from the same step."""
+        return self.make(0, 1).skip(self.skipped * self.replicas_per_worker)
+
     def distribute_over(self, strategy: tf.distribute.Strategy) -> Any:
         """One pipeline per worker, through `strategy.distribute_datasets_from_function`."""
 

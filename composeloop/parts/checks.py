@@ -163,3 +163,37 @@ def _named_leaves(batch: Any, prefix: str = "") -> list[tuple[str, Any]]:
             batch = getattr(batch, part)
             break
     return [(prefix.rstrip("/") or "features", batch)]
+
+
+def check_streamed(data: Any, batches: int, source: str) -> None:
+    """Checks the first `batches` batches of streamed data for NaN/Inf features (0: no check).
+
+    The hook the application calls for every data source it loads: arrays
+    (`parts.data.ArrayData`) were checked whole when loaded, so only streams
+    (`parts.data.Datasets`: a user's, TFRecord, image directories) are read here, epoch 0's
+    training batches and the validation batches; the training loop's NaN policy catches
+    what comes later. Files read per worker are checked as one worker reading them all,
+    so every worker checks the same first batches.
+
+    Raises:
+      DataError: ``"<source>: train: batch 1 feature 'x' holds 3 non-finite values ..."``.
+
+    Example:
+      >>> import tensorflow as tf
+      >>> from composeloop.parts.data import Datasets
+      >>> stream = tf.data.Dataset.from_tensor_slices({"x": [[0.0], [np.nan]]}).batch(1)
+      >>> check_streamed(Datasets(lambda epoch: stream), 4, "data._target_ (my.data)")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      composeloop.errors.DataError: data._target_ (my.data): train: batch 1 feature 'x' holds 1 non-finite value
+      (1 NaN, 0 infinite); ...
+    """
+    from composeloop.engine.sources import PerWorker
+    from composeloop.parts.data import Datasets
+
+    if not isinstance(data, Datasets) or batches < 1:
+        return
+    streams = {"train": data.train(0), "validation": data.validation() if data.validation else None}
+    for split, stream in streams.items():
+        if stream is not None:
+            whole = stream.as_one_pipeline() if isinstance(stream, PerWorker) else stream
+            check_first_batches(whole, batches, f"{source}: {split}")

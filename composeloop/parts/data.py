@@ -21,7 +21,7 @@ import attrs
 import numpy as np
 
 from composeloop.errors import DataError
-from composeloop.parts.checks import check_finite, check_first_batches, nonfinite_counts
+from composeloop.parts.checks import check_finite, nonfinite_counts
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _LABEL_MAX = np.iinfo(np.int32).max
@@ -353,34 +353,6 @@ class Datasets:
     num_classes: int = 0
     examples: int | None = None
     description: str = ""
-
-
-def check_streamed(data: ArrayData | Datasets, batches: int, source: str) -> None:
-    """Checks the first `batches` batches of streamed data for NaN/Inf features (0: no check).
-
-    The hook the application calls for every data source it loads: arrays were checked
-    whole when loaded, so only streams (`Datasets`: a user's, TFRecord, image directories)
-    are read here, epoch 0's training batches and the validation batches; the training
-    loop's NaN policy catches what comes later.
-
-    Raises:
-      DataError: ``"<source>: train: batch 1 feature 'x' holds 3 non-finite values ..."``.
-
-    Example:
-      >>> check_streamed(Datasets(lambda epoch: dataset), 4, "data._target_ (my.data)")
-    """
-    if not isinstance(data, Datasets) or batches < 1:
-        return
-    check_first_batches(_one_pipeline(data.train(0)), batches, f"{source}: train")
-    if data.validation is not None:
-        check_first_batches(_one_pipeline(data.validation()), batches, f"{source}: validation")
-
-
-def _one_pipeline(dataset: Any) -> Any:
-    """A dataset as one pipeline: files read per worker (`engine.sources.PerWorker`) as one
-    worker reading them all, so every worker checks the same first batches."""
-    make = getattr(dataset, "make", None)
-    return make(0, 1) if callable(make) and hasattr(dataset, "distribute_over") else dataset
 
 
 def as_data(value: Any, source: str) -> ArrayData | Datasets:
